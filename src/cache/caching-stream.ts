@@ -1,0 +1,123 @@
+import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Driver } from '../drivers/driver.js';
+import { ImageBeingCached } from '../errors.js';
+import type { CacheWriter } from '../fs/cache-writer.js';
+import type { Logger } from '../log.js';
+import type { ExpectedChecksum } from '../types.js';
+import { checksumRule, ChecksumVerifier } from './checksum.js';
+
+/** Image bytes from anywhere: a stream, or any (async) iterable of chunks. */
+export type ImageSource = Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
+/**
+ * Passes the image's bytes to its reader while writing them to the cache. The
+ * cache write rides along: if it fails, the reader still gets every byte; if
+ * the reader stops early, the source fails, or the checksum does not match,
+ * the partial file goes to invalid/. The stream ends only after the cache
+ * commit has settled, so a reader that saw 'end' finds the image cached.
+ */
+class CacheTee extends Transform {
+  private writer: CacheWriter | undefined;
+  private writerFailed = false;
+
+  constructor(
+    private readonly driver: Driver,
+    private readonly imageId: string,
+    private readonly log: Logger,
+  ) {
+    super();
+  }
+
+  override _construct(callback: (error?: Error | null) => void): void {
+    this.openWriter().then(() => callback(), () => callback());
+  }
+
+  private async openWriter(): Promise<void> {
+    try {
+      if (!(await this.driver.isCacheable(this.imageId))) return;
+      const writer = await this.driver.openForWrite(this.imageId);
+      writer.on('error', (err) => {
+        this.writerFailed = true;
+        this.log.warn({ imageId: this.imageId, err }, 'caching the image failed; still serving it');
+      });
+      this.writer = writer;
+    } catch (err) {
+      if (!(err instanceof ImageBeingCached)) this.log.warn({ imageId: this.imageId, err }, 'could not start caching the image');
+    }
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    const writer = this.writer;
+    if (writer === undefined || this.writerFailed || writer.write(chunk)) {
+      callback(null, chunk);
+      return;
+    }
+    // Disk slower than the source: hold the source back rather than buffer without bound.
+    settled(writer, 'drain').then(() => callback(null, chunk));
+  }
+
+  override _flush(callback: TransformCallback): void {
+    const writer = this.writer;
+    if (writer === undefined || this.writerFailed) {
+      callback();
+      return;
+    }
+    writer.end();
+    settled(writer, 'finish').then(() => callback());
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const writer = this.writer;
+    if (writer === undefined || writer.writableFinished || writer.destroyed) {
+      callback(error);
+      return;
+    }
+    writer.destroy(error ?? new Error('the reader stopped before the end of the image'));
+    settled(writer, 'close').then(() => callback(error));
+  }
+}
+
+/** Resolves on `event`, or when the writer errors or closes instead. */
+function settled(writer: Writable, event: 'drain' | 'finish' | 'close'): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      writer.off(event, done);
+      writer.off('error', done);
+      writer.off('close', done);
+      resolve();
+    };
+    writer.on(event, done);
+    writer.on('error', done);
+    writer.on('close', done);
+  });
+}
+
+export function createCachingStream(driver: Driver, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageSource, log: Logger): Readable {
+  driver.validate(imageId);
+  const rule = checksumRule(expected);
+  const tee = new CacheTee(driver, imageId, log);
+  const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
+  const done = rule ? pipeline(input, new ChecksumVerifier(rule), tee) : pipeline(input, tee);
+  // Errors reach the reader through the tee itself; nothing more to report here.
+  done.catch(() => {});
+  return tee;
+}
+
+/** Caches an image without a reader. False when it is cached or being cached already. */
+export async function cacheFromSource(driver: Driver, imageId: string, source: () => ImageSource, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
+  driver.validate(imageId);
+  const rule = checksumRule(expected);
+  if (!(await driver.isCacheable(imageId))) return false;
+  let writer: CacheWriter;
+  try {
+    writer = await driver.openForWrite(imageId);
+  } catch (err) {
+    if (err instanceof ImageBeingCached) return false;
+    throw err;
+  }
+  const input = source();
+  if (rule) await pipeline(input, new ChecksumVerifier(rule), writer);
+  else await pipeline(input, writer);
+  return true;
+}

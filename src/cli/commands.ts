@@ -1,0 +1,204 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ImageCache } from '../cache/image-cache.js';
+import type { CachedImage } from '../types.js';
+
+type Flags = Record<string, string | boolean | undefined>;
+
+export interface Command {
+  synopsis: string;
+  summary: string;
+  minArgs: number;
+  maxArgs: number;
+  flags: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>;
+  run(cache: ImageCache, args: string[], flags: Flags): Promise<number>;
+}
+
+const out = (text: string): void => {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+};
+const json = (value: unknown): void => out(JSON.stringify(value, null, 2));
+
+export const COMMANDS: Record<string, Command> = {
+  'list-cached': {
+    synopsis: 'list-cached [--json]',
+    summary: 'the cached images, with hits, size and times',
+    minArgs: 0,
+    maxArgs: 0,
+    flags: {},
+    async run(cache, _args, flags) {
+      const images = await cache.getCachedImages();
+      if (flags.json) json(images.map(toWire));
+      else out(table(['ID', 'Last Accessed (UTC)', 'Last Modified (UTC)', 'Size', 'Hits'], images.map((i) => [i.imageId, isoTime(i.lastAccessed), isoTime(i.lastModified), String(i.size), String(i.hits)])));
+      return 0;
+    },
+  },
+  'list-queued': {
+    synopsis: 'list-queued [--json]',
+    summary: 'the images queued for prefetching, in queue order',
+    minArgs: 0,
+    maxArgs: 0,
+    flags: {},
+    async run(cache, _args, flags) {
+      const queued = await cache.getQueuedImages();
+      if (flags.json) json(queued);
+      else out(queued.length === 0 ? 'No queued images.' : queued.join('\n'));
+      return 0;
+    },
+  },
+  'cache-file': {
+    synopsis: 'cache-file IMAGE_ID FILE [--checksum MD5] [--os-hash-algo ALGO --os-hash-value HEX]',
+    summary: 'caches a local file as the image, verifying a checksum when given',
+    minArgs: 2,
+    maxArgs: 2,
+    flags: { checksum: { type: 'string' }, 'os-hash-algo': { type: 'string' }, 'os-hash-value': { type: 'string' } },
+    async run(cache, [imageId, file], flags) {
+      const cached = await cache.cacheImageFile(imageId!, path.resolve(file!), {
+        checksum: flags.checksum as string | undefined,
+        osHashAlgo: flags['os-hash-algo'] as string | undefined,
+        osHashValue: flags['os-hash-value'] as string | undefined,
+      });
+      out(cached ? `Cached image ${imageId} (${await cache.getImageSize(imageId!)} bytes).` : `Image ${imageId} is already cached or being cached.`);
+      return 0;
+    },
+  },
+  queue: {
+    synopsis: 'queue IMAGE_ID [IMAGE_ID...]',
+    summary: 'queues images for prefetching',
+    minArgs: 1,
+    maxArgs: Infinity,
+    flags: {},
+    async run(cache, ids) {
+      for (const id of ids) out((await cache.queueImage(id)) ? `Queued ${id}.` : `Not queued ${id}: already cached, being cached or queued.`);
+      return 0;
+    },
+  },
+  prefetch: {
+    synopsis: 'prefetch --filesystem-store-datadir DIR',
+    summary: 'caches every queued image from a local image directory (files named by image ID)',
+    minArgs: 0,
+    maxArgs: 0,
+    flags: { 'filesystem-store-datadir': { type: 'string' } },
+    async run(cache, _args, flags) {
+      const store = flags['filesystem-store-datadir'];
+      if (typeof store !== 'string') {
+        process.stderr.write('image-cache prefetch: --filesystem-store-datadir DIR is required\n');
+        return 2;
+      }
+      const queued = await cache.getQueuedImages();
+      let failed = 0;
+      for (const [index, id] of queued.entries()) {
+        const source = path.join(path.resolve(store), id);
+        const label = `[${index + 1}/${queued.length}] ${id}`;
+        if (!fs.existsSync(source)) {
+          failed++;
+          process.stderr.write(`${label}: not in ${store}; left queued\n`);
+          continue;
+        }
+        try {
+          const cached = await cache.cacheImageFile(id, source);
+          process.stderr.write(`${label}: ${cached ? `cached (${await cache.getImageSize(id)} bytes)` : 'already cached or being cached'}\n`);
+        } catch (err) {
+          failed++;
+          process.stderr.write(`${label}: failed: ${(err as Error).message}\n`);
+        }
+      }
+      out(`Prefetched ${queued.length - failed} of ${queued.length} queued images.`);
+      return failed === 0 ? 0 : 1;
+    },
+  },
+  'delete-cached': {
+    synopsis: 'delete-cached IMAGE_ID | delete-cached --all',
+    summary: 'removes one cached image, or all of them',
+    minArgs: 0,
+    maxArgs: 1,
+    flags: { all: { type: 'boolean', default: false } },
+    async run(cache, [id], flags) {
+      if (flags.all === (id !== undefined)) return usageError('delete-cached IMAGE_ID | delete-cached --all');
+      if (flags.all) out(`Deleted ${await cache.deleteAllCachedImages()} cached images.`);
+      else {
+        await cache.deleteCachedImage(id!);
+        out(`Deleted cached image ${id}.`);
+      }
+      return 0;
+    },
+  },
+  'delete-queued': {
+    synopsis: 'delete-queued IMAGE_ID | delete-queued --all',
+    summary: 'removes one queued image, or all of them',
+    minArgs: 0,
+    maxArgs: 1,
+    flags: { all: { type: 'boolean', default: false } },
+    async run(cache, [id], flags) {
+      if (flags.all === (id !== undefined)) return usageError('delete-queued IMAGE_ID | delete-queued --all');
+      if (flags.all) out(`Deleted ${await cache.deleteAllQueuedImages()} queued images.`);
+      else {
+        await cache.deleteQueuedImage(id!);
+        out(`Deleted queued image ${id}.`);
+      }
+      return 0;
+    },
+  },
+  prune: {
+    synopsis: 'prune',
+    summary: 'evicts least recently used images until the cache fits image_cache_max_size',
+    minArgs: 0,
+    maxArgs: 0,
+    flags: {},
+    async run(cache, _args, flags) {
+      const result = await cache.prune();
+      if (flags.json) json({ total_files_pruned: result.totalFilesPruned, total_bytes_pruned: result.totalBytesPruned });
+      else out(`Pruned ${result.totalFilesPruned} images (${result.totalBytesPruned} bytes).`);
+      return 0;
+    },
+  },
+  clean: {
+    synopsis: 'clean [--stall-time SECONDS]',
+    summary: 'removes invalid files and stalled incomplete ones',
+    minArgs: 0,
+    maxArgs: 0,
+    flags: { 'stall-time': { type: 'string' } },
+    async run(cache, _args, flags) {
+      const stall = flags['stall-time'] === undefined ? undefined : Number(flags['stall-time']);
+      if (stall !== undefined && !(stall >= 0)) return usageError('clean [--stall-time SECONDS]  (SECONDS >= 0)');
+      const result = await cache.clean(stall);
+      if (flags.json) json(result);
+      else out(`Removed ${result.invalid} invalid and ${result.stalled} stalled files.`);
+      return 0;
+    },
+  },
+};
+
+export function usage(): string {
+  const lines = Object.values(COMMANDS).map((c) => `  ${c.synopsis}\n      ${c.summary}`);
+  return [
+    'usage: image-cache COMMAND [ARGS] [--image-cache-dir DIR] [--image-cache-driver sqlite|xattr|centralized_db]',
+    '                   [--image-cache-max-size BYTES] [--config-file glance-api.conf] [--json]',
+    '',
+    'Options come from the config file\'s [DEFAULT] section, then IMAGE_CACHE_DIR-style environment variables, then flags.',
+    '',
+    'commands:',
+    ...lines,
+    '',
+  ].join('\n');
+}
+
+function usageError(synopsis: string): number {
+  process.stderr.write(`usage: image-cache ${synopsis}\n`);
+  return 2;
+}
+
+function toWire(image: CachedImage): Record<string, unknown> {
+  return { image_id: image.imageId, hits: image.hits, last_accessed: image.lastAccessed, last_modified: image.lastModified, size: image.size };
+}
+
+function isoTime(epochSeconds: number): string {
+  return epochSeconds > 0 ? new Date(epochSeconds * 1000).toISOString().replace('T', ' ').slice(0, 19) : 'N/A';
+}
+
+function table(header: string[], rows: string[][]): string {
+  if (rows.length === 0) return 'No cached images.';
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}

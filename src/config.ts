@@ -1,0 +1,147 @@
+import { InvalidOption } from './errors.js';
+import type { Logger } from './log.js';
+
+export const DRIVER_NAMES = ['sqlite', 'xattr', 'centralized_db'] as const;
+export type DriverName = (typeof DRIVER_NAMES)[number];
+
+/** Options of the cache, named after Glance's configuration options (camelCased). */
+export interface ImageCacheOptions {
+  /** image_cache_dir: the cache directory (required). */
+  imageCacheDir: string;
+  /** image_cache_driver: which metadata driver (default sqlite). */
+  imageCacheDriver?: DriverName;
+  /** image_cache_max_size: prune target in bytes (default 10 GiB). */
+  imageCacheMaxSize?: number;
+  /** image_cache_stall_time: seconds after which an incomplete file is stalled (default 86400). */
+  imageCacheStallTime?: number;
+  /** image_cache_sqlite_db: the sqlite file name, relative to the cache directory (default cache.db). */
+  imageCacheSqliteDb?: string;
+  /** worker_self_reference_url: this node's URL (centralized_db). */
+  workerSelfReferenceUrl?: string;
+  /** database_connection: PostgreSQL URL (centralized_db). */
+  databaseConnection?: string;
+  /**
+   * Seconds without a heartbeat after which an incomplete/<id> file is taken to
+   * belong to a dead writer, so that a new writer may claim the image (default 60).
+   */
+  writerLeaseSeconds?: number;
+  logger?: Logger;
+}
+
+export interface ResolvedOptions {
+  imageCacheDir: string;
+  imageCacheDriver: DriverName;
+  imageCacheMaxSize: number;
+  imageCacheStallTime: number;
+  imageCacheSqliteDb: string;
+  workerSelfReferenceUrl: string | undefined;
+  databaseConnection: string | undefined;
+  writerLeaseSeconds: number;
+  logger: Logger | undefined;
+}
+
+export const DEFAULTS = {
+  imageCacheDriver: 'sqlite' as DriverName,
+  imageCacheMaxSize: 10 * 1024 ** 3,
+  imageCacheStallTime: 86_400,
+  imageCacheSqliteDb: 'cache.db',
+  writerLeaseSeconds: 60,
+};
+
+/**
+ * Validates options and fills in defaults. An unset cache directory is left to
+ * the driver's configure(), which reports it as BadDriverConfiguration the way
+ * Glance does; everything else that is wrong is an InvalidOption naming the option.
+ */
+export function resolveOptions(options: ImageCacheOptions): ResolvedOptions {
+  if (options === null || typeof options !== 'object') throw new InvalidOption('options', 'must be an object');
+  const driver = options.imageCacheDriver ?? DEFAULTS.imageCacheDriver;
+  if (!DRIVER_NAMES.includes(driver)) {
+    throw new InvalidOption('image_cache_driver', `must be one of ${DRIVER_NAMES.join(', ')}, not ${JSON.stringify(driver)}`);
+  }
+  const sqliteDb = options.imageCacheSqliteDb ?? DEFAULTS.imageCacheSqliteDb;
+  if (typeof sqliteDb !== 'string' || sqliteDb.length === 0 || sqliteDb.includes('/') || sqliteDb.includes('\0') || sqliteDb === '.' || sqliteDb === '..') {
+    throw new InvalidOption('image_cache_sqlite_db', 'must be a plain file name inside the cache directory');
+  }
+  return {
+    imageCacheDir: options.imageCacheDir,
+    imageCacheDriver: driver,
+    imageCacheMaxSize: nonNegative('image_cache_max_size', options.imageCacheMaxSize, DEFAULTS.imageCacheMaxSize),
+    imageCacheStallTime: nonNegative('image_cache_stall_time', options.imageCacheStallTime, DEFAULTS.imageCacheStallTime),
+    imageCacheSqliteDb: sqliteDb,
+    workerSelfReferenceUrl: options.workerSelfReferenceUrl,
+    databaseConnection: options.databaseConnection,
+    writerLeaseSeconds: positive('writer_lease_seconds', options.writerLeaseSeconds, DEFAULTS.writerLeaseSeconds),
+    logger: options.logger,
+  };
+}
+
+function nonNegative(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new InvalidOption(name, `must be a number >= 0, not ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function positive(name: string, value: number | undefined, fallback: number): number {
+  const n = nonNegative(name, value, fallback);
+  if (n === 0) throw new InvalidOption(name, 'must be greater than 0');
+  return n;
+}
+
+/** Glance's option names (snake_case, as in glance-api.conf) mapped to ours. */
+const GLANCE_NAMES: Record<string, keyof ImageCacheOptions> = {
+  image_cache_dir: 'imageCacheDir',
+  image_cache_driver: 'imageCacheDriver',
+  image_cache_max_size: 'imageCacheMaxSize',
+  image_cache_stall_time: 'imageCacheStallTime',
+  image_cache_sqlite_db: 'imageCacheSqliteDb',
+  worker_self_reference_url: 'workerSelfReferenceUrl',
+  database_connection: 'databaseConnection',
+};
+const NUMERIC = new Set<keyof ImageCacheOptions>(['imageCacheMaxSize', 'imageCacheStallTime']);
+
+/** Options from Glance-style key/value strings (an INI section, the environment); unknown keys are ignored. */
+export function optionsFromGlanceSettings(settings: Record<string, string | undefined>): Partial<ImageCacheOptions> {
+  const out: Record<string, unknown> = {};
+  for (const [glanceName, ours] of Object.entries(GLANCE_NAMES)) {
+    const raw = settings[glanceName];
+    if (raw === undefined || raw === '') continue;
+    if (NUMERIC.has(ours)) {
+      const n = Number(raw);
+      if (!Number.isFinite(n)) throw new InvalidOption(glanceName, `must be a number, not ${JSON.stringify(raw)}`);
+      out[ours] = n;
+    } else {
+      out[ours] = raw;
+    }
+  }
+  return out as Partial<ImageCacheOptions>;
+}
+
+/** The same options from environment variables named after them in upper case (IMAGE_CACHE_DIR, ...). */
+export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<ImageCacheOptions> {
+  const settings: Record<string, string | undefined> = {};
+  for (const glanceName of Object.keys(GLANCE_NAMES)) settings[glanceName] = env[glanceName.toUpperCase()];
+  return optionsFromGlanceSettings(settings);
+}
+
+/** The [DEFAULT] section of an INI file such as glance-api.conf. */
+export function parseIniDefaults(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  let section = '';
+  for (const rawLine of text.split(/\r?\n/)) {
+    const line = rawLine.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
+    const header = /^\[(.+)\]$/.exec(line);
+    if (header) {
+      section = header[1]!.trim();
+      continue;
+    }
+    if (section !== 'DEFAULT') continue;
+    const eq = line.search(/[=:]/);
+    if (eq <= 0) continue;
+    out[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
+  }
+  return out;
+}

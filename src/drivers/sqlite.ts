@@ -1,0 +1,198 @@
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { BadDriverConfiguration } from '../errors.js';
+import type { CacheEntry, CachedImage } from '../types.js';
+import { Driver } from './driver.js';
+
+/** Glance's table, column for column, so either side can read the other's cache.db. */
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS cached_images (
+    image_id TEXT PRIMARY KEY,
+    last_accessed REAL DEFAULT 0.0,
+    last_modified REAL DEFAULT 0.0,
+    size INTEGER DEFAULT 0,
+    hits INTEGER DEFAULT 0,
+    checksum TEXT
+  );
+  CREATE INDEX IF NOT EXISTS cached_images_last_accessed_idx ON cached_images (last_accessed);
+`;
+
+/** How long a statement waits on a database another process holds, in ms. */
+const BUSY_TIMEOUT_MS = 10_000;
+
+interface Row {
+  image_id: string;
+  hits: number;
+  last_accessed: number;
+  last_modified: number;
+  size: number;
+}
+
+interface PendingAccess {
+  hits: number;
+  lastAccessed: number;
+}
+
+/**
+ * The embedded default driver: metadata in <image_cache_dir>/cache.db.
+ *
+ * WAL while open (readers never block the writer, commits need no fsync at
+ * synchronous=NORMAL); on close the database goes back to a rollback journal
+ * when no other process has it open, because Glance's driver counts every
+ * other file in the directory, cache.db-wal included, as a cached image.
+ *
+ * Reads are recorded in memory and written in one transaction per turn of
+ * the event loop; every query flushes them first.
+ */
+export class SqliteDriver extends Driver {
+  readonly name = 'sqlite' as const;
+  private db: Database.Database | undefined;
+  private reserved: ReadonlySet<string> = new Set();
+  private statements: ReturnType<SqliteDriver['prepare']> | undefined;
+  private pending = new Map<string, PendingAccess>();
+  private flushScheduled: NodeJS.Immediate | undefined;
+
+  get dbPath(): string {
+    return path.join(this.baseDir, this.options.imageCacheSqliteDb);
+  }
+
+  protected override reservedNames(): ReadonlySet<string> {
+    return this.reserved;
+  }
+
+  protected async openMetadataStore(): Promise<void> {
+    const name = this.options.imageCacheSqliteDb;
+    // The database and the files SQLite keeps beside it are not images.
+    this.reserved = new Set([name, `${name}-wal`, `${name}-shm`, `${name}-journal`]);
+    try {
+      const db = new Database(this.dbPath, { timeout: BUSY_TIMEOUT_MS });
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.exec(SCHEMA);
+      this.db = db;
+      this.statements = this.prepare(db);
+    } catch (err) {
+      this.db?.close();
+      this.db = undefined;
+      throw new BadDriverConfiguration('sqlite', `cannot use the cache database ${this.dbPath}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  private prepare(db: Database.Database) {
+    const recordAccess = db.prepare<[number, number, string]>(
+      'UPDATE cached_images SET hits = hits + ?, last_accessed = max(last_accessed, ?) WHERE image_id = ?',
+    );
+    const forget = db.prepare<[string]>('DELETE FROM cached_images WHERE image_id = ?');
+    return {
+      insert: db.prepare<[string, number, number, number]>(
+        'INSERT OR REPLACE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
+      ),
+      forget,
+      forgetMany: db.transaction((ids: readonly string[]) => {
+        for (const id of ids) forget.run(id);
+      }),
+      applyAccesses: db.transaction((entries: Array<[string, PendingAccess]>) => {
+        for (const [id, access] of entries) recordAccess.run(access.hits, access.lastAccessed, id);
+      }),
+      all: db.prepare<[], Row>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images ORDER BY image_id'),
+      byAccess: db.prepare<[], Pick<Row, 'image_id' | 'size'>>('SELECT image_id, size FROM cached_images ORDER BY last_accessed'),
+      sizes: db.prepare<[], Pick<Row, 'image_id' | 'size'>>('SELECT image_id, size FROM cached_images'),
+      hits: db.prepare<[string], Pick<Row, 'hits'>>('SELECT hits FROM cached_images WHERE image_id = ?'),
+    };
+  }
+
+  protected async closeMetadataStore(): Promise<void> {
+    const db = this.db;
+    if (db === undefined) return;
+    this.flush();
+    this.db = undefined;
+    this.statements = undefined;
+    try {
+      // Only succeeds when we are the last connection; otherwise the last one out does it.
+      db.pragma('busy_timeout = 0');
+      db.pragma('journal_mode = DELETE');
+    } catch {
+      // another process still has the database open in WAL mode
+    }
+    db.close();
+  }
+
+  protected recordCachedImage(imageId: string, size: number, now: number): void {
+    this.pending.delete(imageId);
+    this.sql().insert.run(imageId, now, now, size);
+  }
+
+  protected forgetCachedImages(imageIds: readonly string[]): void {
+    for (const id of imageIds) this.pending.delete(id);
+    if (imageIds.length === 1) this.sql().forget.run(imageIds[0]!);
+    else if (imageIds.length > 1) this.sql().forgetMany.immediate(imageIds);
+  }
+
+  protected recordAccess(imageId: string, now: number): void {
+    if (this.db === undefined) return; // closed while a read was still open
+    const entry = this.pending.get(imageId);
+    if (entry) {
+      entry.hits += 1;
+      entry.lastAccessed = Math.max(entry.lastAccessed, now);
+    } else {
+      this.pending.set(imageId, { hits: 1, lastAccessed: now });
+    }
+    this.flushScheduled ??= setImmediate(() => this.flush());
+  }
+
+  /** Writes the recorded reads, in one transaction. */
+  flush(): void {
+    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
+    this.flushScheduled = undefined;
+    if (this.pending.size === 0 || this.statements === undefined) return;
+    const entries = [...this.pending];
+    this.pending = new Map();
+    try {
+      this.statements.applyAccesses.immediate(entries);
+    } catch (err) {
+      this.log.error({ driver: this.name, err, images: entries.length }, 'could not record image reads');
+    }
+  }
+
+  async getCachedImages(): Promise<CachedImage[]> {
+    this.flush();
+    const rows = this.sql().all.all();
+    const present = await this.activeImageIds();
+    return rows
+      .filter((row) => present.has(row.image_id))
+      .map((row) => ({
+        imageId: row.image_id,
+        hits: row.hits,
+        lastModified: row.last_modified,
+        lastAccessed: row.last_accessed,
+        size: row.size,
+      }));
+  }
+
+  async getCacheSize(): Promise<number> {
+    const rows = this.sql().sizes.all();
+    const present = await this.activeImageIds();
+    let total = 0;
+    for (const row of rows) if (present.has(row.image_id)) total += row.size;
+    return total;
+  }
+
+  async getHitCount(imageId: string): Promise<number> {
+    this.validate(imageId);
+    if (!(await this.isCached(imageId))) return 0;
+    this.flush();
+    return this.sql().hits.get(imageId)?.hits ?? 0;
+  }
+
+  async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
+    this.flush();
+    const rows = this.sql().byAccess.all();
+    const present = await this.activeImageIds();
+    return rows.filter((row) => present.has(row.image_id)).map((row) => ({ imageId: row.image_id, size: row.size }));
+  }
+
+  private sql(): NonNullable<SqliteDriver['statements']> {
+    if (this.statements === undefined) throw new Error('the sqlite driver is not configured (call configure() first)');
+    return this.statements;
+  }
+}

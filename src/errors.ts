@@ -1,0 +1,95 @@
+/**
+ * Every error this library throws on purpose is an ImageCacheError with a
+ * stable `code`, so callers (and the HTTP layer) can branch on the code rather
+ * than on message text.
+ */
+export class ImageCacheError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A driver could not be set up (Glance's exception.BadDriverConfiguration). */
+export class BadDriverConfiguration extends ImageCacheError {
+  readonly driverName: string;
+  readonly reason: string;
+  constructor(driverName: string, reason: string, options?: { cause?: unknown }) {
+    super('ERR_BAD_DRIVER_CONFIGURATION', `Image cache driver '${driverName}' could not be configured: ${reason}`, options);
+    this.driverName = driverName;
+    this.reason = reason;
+  }
+}
+
+/** An image ID that must never become a file name. */
+export class InvalidImageId extends ImageCacheError {
+  readonly imageId: unknown;
+  constructor(imageId: unknown, reason: string) {
+    super('ERR_INVALID_IMAGE_ID', `Invalid image ID ${describe(imageId)}: ${reason}`);
+    this.imageId = imageId;
+  }
+}
+
+/** The driver does not offer this operation (e.g. getCachedNodes outside centralized_db). */
+export class NotSupported extends ImageCacheError {
+  constructor(operation: string, driverName: string) {
+    super('ERR_NOT_SUPPORTED', `${operation} is not supported by the '${driverName}' image cache driver`);
+  }
+}
+
+/** Another writer, in this process or another, holds incomplete/<id>. */
+export class ImageBeingCached extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string) {
+    super('ERR_IMAGE_BEING_CACHED', `Image '${imageId}' is already being written to the cache`);
+    this.imageId = imageId;
+  }
+}
+
+/** openForRead / getImageSize on an image that has no active file. */
+export class ImageNotCached extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string) {
+    super('ERR_IMAGE_NOT_CACHED', `Image '${imageId}' is not cached`);
+    this.imageId = imageId;
+  }
+}
+
+/** A byte range that does not fit the cached file (HTTP 416). */
+export class RangeNotSatisfiable extends ImageCacheError {
+  readonly size: number;
+  constructor(start: number, end: number | undefined, size: number) {
+    super('ERR_RANGE_NOT_SATISFIABLE', `Byte range ${start}-${end ?? ''} is not satisfiable for an image of ${size} bytes`);
+    this.size = size;
+  }
+}
+
+/** The bytes did not hash to what the image metadata promised. */
+export class ChecksumMismatch extends ImageCacheError {
+  readonly algorithm: string;
+  readonly expected: string;
+  readonly actual: string;
+  constructor(algorithm: string, expected: string, actual: string) {
+    super('ERR_CHECKSUM_MISMATCH', `Image data ${algorithm} is ${actual}, expected ${expected}`);
+    this.algorithm = algorithm;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+/** An option value that cannot be used, named precisely. */
+export class InvalidOption extends ImageCacheError {
+  readonly option: string;
+  constructor(option: string, reason: string) {
+    super('ERR_INVALID_OPTION', `Option '${option}' ${reason}`);
+    this.option = option;
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value !== 'string') return `of type ${value === null ? 'null' : typeof value}`;
+  const shown = value.length > 40 ? `${value.slice(0, 40)}…` : value;
+  return JSON.stringify(shown);
+}

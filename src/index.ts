@@ -1,0 +1,32 @@
+export { ImageCache } from './cache/image-cache.js';
+export { ChecksumVerifier, checksumRule, type ChecksumRule } from './cache/checksum.js';
+export type { ImageSource } from './cache/caching-stream.js';
+export { Driver, type CacheReadStream } from './drivers/driver.js';
+export { SqliteDriver } from './drivers/sqlite.js';
+export { createDriver } from './drivers/registry.js';
+export { CacheWriter } from './fs/cache-writer.js';
+export {
+  ImageCacheError,
+  BadDriverConfiguration,
+  InvalidImageId,
+  NotSupported,
+  ImageBeingCached,
+  ImageNotCached,
+  RangeNotSatisfiable,
+  ChecksumMismatch,
+  InvalidOption,
+} from './errors.js';
+export { validateImageId } from './image-id.js';
+export {
+  DRIVER_NAMES,
+  DEFAULTS,
+  resolveOptions,
+  optionsFromEnv,
+  optionsFromGlanceSettings,
+  parseIniDefaults,
+  type DriverName,
+  type ImageCacheOptions,
+  type ResolvedOptions,
+} from './config.js';
+export { createLogger, silentLogger, type Logger, type LogLevel } from './log.js';
+export type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, ExpectedChecksum, PruneResult } from './types.js';
