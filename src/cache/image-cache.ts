@@ -31,8 +31,8 @@ export class ImageCache {
   static async create(options: ImageCacheOptions): Promise<ImageCache> {
     const resolved = resolveOptions(options);
     const log = resolved.logger ?? createLogger();
-    const driver = createDriver(resolved.imageCacheDriver, resolved);
     try {
+      const driver = createDriver(resolved.imageCacheDriver, resolved);
       await driver.configure();
       log.info({ driver: driver.name, dir: resolved.imageCacheDir }, 'image cache driver loaded');
       return new ImageCache(driver, resolved, log);
@@ -55,11 +55,11 @@ export class ImageCache {
     const entries = await this.driver.listLeastRecentlyAccessed();
     let current = 0;
     for (const entry of entries) current += entry.size;
-    const victims: string[] = [];
+    const victims: CacheEntry[] = [];
     let totalBytesPruned = 0;
     for (const entry of entries) {
       if (current <= maxSize) break;
-      victims.push(entry.imageId);
+      victims.push(entry);
       current -= entry.size;
       totalBytesPruned += entry.size;
     }

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { BadDriverConfiguration } from '../errors.js';
@@ -16,6 +17,9 @@ const SCHEMA = `
   );
   CREATE INDEX IF NOT EXISTS cached_images_last_accessed_idx ON cached_images (last_accessed);
 `;
+
+/** The external lock file Glance's sqlite driver leaves in the cache directory. */
+const GLANCE_INIT_LOCK = 'image_cache_db_init';
 
 /** How long a statement waits on a database another process holds, in ms. */
 const BUSY_TIMEOUT_MS = 10_000;
@@ -62,8 +66,9 @@ export class SqliteDriver extends Driver {
 
   protected async openMetadataStore(): Promise<void> {
     const name = this.options.imageCacheSqliteDb;
-    // The database and the files SQLite keeps beside it are not images.
-    this.reserved = new Set([name, `${name}-wal`, `${name}-shm`, `${name}-journal`]);
+    // The database, the files SQLite keeps beside it, and the lock file Glance's
+    // driver creates at start-up (oslo.concurrency's external lock) are not images.
+    this.reserved = new Set([name, `${name}-wal`, `${name}-shm`, `${name}-journal`, GLANCE_INIT_LOCK]);
     try {
       const db = new Database(this.dbPath, { timeout: BUSY_TIMEOUT_MS });
       db.pragma('journal_mode = WAL');
@@ -83,11 +88,17 @@ export class SqliteDriver extends Driver {
       'UPDATE cached_images SET hits = hits + ?, last_accessed = max(last_accessed, ?) WHERE image_id = ?',
     );
     const forget = db.prepare<[string]>('DELETE FROM cached_images WHERE image_id = ?');
+    const adopt = db.prepare<[string, number, number, number]>(
+      'INSERT OR IGNORE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
+    );
     return {
       insert: db.prepare<[string, number, number, number]>(
         'INSERT OR REPLACE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
       ),
       forget,
+      adoptMany: db.transaction((rows: readonly Row[]) => {
+        for (const row of rows) adopt.run(row.image_id, row.last_accessed, row.last_modified, row.size);
+      }),
       forgetMany: db.transaction((ids: readonly string[]) => {
         for (const id of ids) forget.run(id);
       }),
@@ -95,8 +106,7 @@ export class SqliteDriver extends Driver {
         for (const [id, access] of entries) recordAccess.run(access.hits, access.lastAccessed, id);
       }),
       all: db.prepare<[], Row>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images ORDER BY image_id'),
-      byAccess: db.prepare<[], Pick<Row, 'image_id' | 'size'>>('SELECT image_id, size FROM cached_images ORDER BY last_accessed'),
-      sizes: db.prepare<[], Pick<Row, 'image_id' | 'size'>>('SELECT image_id, size FROM cached_images'),
+      byAccess: db.prepare<[], Row>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images ORDER BY last_accessed'),
       hits: db.prepare<[string], Pick<Row, 'hits'>>('SELECT hits FROM cached_images WHERE image_id = ?'),
     };
   }
@@ -156,24 +166,20 @@ export class SqliteDriver extends Driver {
 
   async getCachedImages(): Promise<CachedImage[]> {
     this.flush();
-    const rows = this.sql().all.all();
-    const present = await this.activeImageIds();
-    return rows
-      .filter((row) => present.has(row.image_id))
-      .map((row) => ({
-        imageId: row.image_id,
-        hits: row.hits,
-        lastModified: row.last_modified,
-        lastAccessed: row.last_accessed,
-        size: row.size,
-      }));
+    const rows = await this.reconciled(this.sql().all.all());
+    rows.sort((a, b) => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
+    return rows.map((row) => ({
+      imageId: row.image_id,
+      hits: row.hits,
+      lastModified: row.last_modified,
+      lastAccessed: row.last_accessed,
+      size: row.size,
+    }));
   }
 
   async getCacheSize(): Promise<number> {
-    const rows = this.sql().sizes.all();
-    const present = await this.activeImageIds();
     let total = 0;
-    for (const row of rows) if (present.has(row.image_id)) total += row.size;
+    for (const row of await this.reconciled(this.sql().all.all())) total += row.size;
     return total;
   }
 
@@ -186,9 +192,33 @@ export class SqliteDriver extends Driver {
 
   async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
     this.flush();
-    const rows = this.sql().byAccess.all();
+    const rows = await this.reconciled(this.sql().byAccess.all());
+    rows.sort((a, b) => a.last_accessed - b.last_accessed);
+    return rows.map((row) => ({ imageId: row.image_id, size: row.size }));
+  }
+
+  /**
+   * The rows whose active file exists, plus a row for every active file that
+   * has none. Files vanish behind our back (an operator, another tool), and
+   * files appear without a record (Glance renames before it records, so a
+   * crash in between leaves one; a directory switched from the xattr driver
+   * has no records at all): those are recorded here from what stat() says,
+   * with their mtime as last access, so they are listed, counted and pruned.
+   */
+  private async reconciled(rows: Row[]): Promise<Row[]> {
     const present = await this.activeImageIds();
-    return rows.filter((row) => present.has(row.image_id)).map((row) => ({ imageId: row.image_id, size: row.size }));
+    const kept = rows.filter((row) => present.delete(row.image_id));
+    if (present.size === 0) return kept;
+    const adopted: Row[] = [];
+    for (const id of present) {
+      const st = fs.statSync(this.getImageFilepath(id), { throwIfNoEntry: false });
+      if (st === undefined || !st.isFile()) continue;
+      const time = st.mtimeMs / 1000;
+      adopted.push({ image_id: id, hits: 0, last_accessed: time, last_modified: time, size: st.size });
+    }
+    this.sql().adoptMany.immediate(adopted);
+    this.log.warn({ driver: this.name, adopted: adopted.length }, 'recorded cached image files that had no record');
+    return kept.concat(adopted);
   }
 
   private sql(): NonNullable<SqliteDriver['statements']> {

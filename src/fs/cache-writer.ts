@@ -55,7 +55,7 @@ export class CacheWriter extends Writable {
     // The timer holds the writer only weakly, so that an abandoned writer can
     // be collected; the registry then stops the timer and discards the file.
     const self = new WeakRef(this);
-    file.heartbeat = setInterval(() => self.deref()?.touch(), Math.max(1000, Math.floor(leaseMs / 3)));
+    file.heartbeat = setInterval(() => self.deref()?.touch(), Math.max(10, Math.floor(leaseMs / 3)));
     file.heartbeat.unref();
     abandoned.register(this, file, this);
   }

@@ -1,0 +1,266 @@
+/**
+ * The sqlite driver: the conformance suite, then what only sqlite does —
+ * compatibility with Glance's own cache.db in both directions, WAL while
+ * open, and configuration errors.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import Database from 'better-sqlite3';
+import { ImageCache, silentLogger, type DriverName, type ImageCacheOptions } from '../../src/index.js';
+import { collect, makeTempDir, patternedBytes, removeDir, waitForClose } from '../helpers.js';
+import { runConformanceSuite } from './conformance.js';
+
+runConformanceSuite('sqlite', () => ({}), { cachedNodes: false });
+
+/** Glance's table, exactly as glance/image_cache/drivers/sqlite.py creates it. */
+const GLANCE_SCHEMA = `CREATE TABLE IF NOT EXISTS cached_images (
+  image_id TEXT PRIMARY KEY,
+  last_accessed REAL DEFAULT 0.0,
+  last_modified REAL DEFAULT 0.0,
+  size INTEGER DEFAULT 0,
+  hits INTEGER DEFAULT 0,
+  checksum TEXT
+)`;
+
+const INVALID_IMAGE_ID = { code: 'ERR_INVALID_IMAGE_ID' };
+const BAD_DRIVER_CONFIGURATION = { code: 'ERR_BAD_DRIVER_CONFIGURATION', name: 'BadDriverConfiguration' };
+
+/** A temporary directory removed after the test; caches registered with `track` are closed first. */
+function tempRoot(t: TestContext): { root: string; track: (cache: ImageCache) => ImageCache } {
+  const root = makeTempDir('image-cache-sqlite-');
+  const caches: ImageCache[] = [];
+  t.after(async () => {
+    for (const cache of caches) await cache.close();
+    removeDir(root);
+  });
+  return { root, track: (cache) => (caches.push(cache), cache) };
+}
+
+async function createCache(dir: string, more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> {
+  return ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'sqlite', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more });
+}
+
+async function readAll(cache: ImageCache, imageId: string): Promise<Buffer> {
+  const stream = await cache.openForRead(imageId);
+  const data = await collect(stream);
+  await waitForClose(stream);
+  return data;
+}
+
+function journalMode(dbPath: string): string {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return String(db.pragma('journal_mode', { simple: true }));
+  } finally {
+    db.close();
+  }
+}
+
+describe('sqlite driver', () => {
+  it('adopts a cache directory written by Glance: lists its images with their hits and times, reads and prunes them', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'glance-cache');
+    for (const sub of ['', 'incomplete', 'invalid', 'queue']) fs.mkdirSync(path.join(dir, sub), { recursive: true });
+    const images: Record<string, { data: Buffer; hits: number; lastAccessed: number; lastModified: number }> = {
+      'a1b2c3d4-0000-4000-8000-00000000000a': { data: patternedBytes(1024), hits: 3, lastAccessed: 1_700_000_300.25, lastModified: 1_700_000_000.5 },
+      'a1b2c3d4-0000-4000-8000-00000000000b': { data: Buffer.alloc(1024, 'b'), hits: 1, lastAccessed: 1_700_000_100.75, lastModified: 1_700_000_001.125 },
+      'a1b2c3d4-0000-4000-8000-00000000000c': { data: Buffer.alloc(1024, 'c'), hits: 0, lastAccessed: 1_700_000_200.5, lastModified: 1_700_000_002.0625 },
+    };
+    const [idA, idB, idC] = Object.keys(images) as [string, string, string];
+    // Written the way Glance does: default rollback journal, Glance's table, float times.
+    const glanceDb = new Database(path.join(dir, 'cache.db'));
+    assert.equal(glanceDb.pragma('journal_mode', { simple: true }), 'delete');
+    glanceDb.exec(GLANCE_SCHEMA);
+    const insert = glanceDb.prepare('INSERT INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, ?)');
+    for (const [id, image] of Object.entries(images)) {
+      fs.writeFileSync(path.join(dir, id), image.data);
+      insert.run(id, image.lastAccessed, image.lastModified, image.data.length, image.hits);
+    }
+    glanceDb.close();
+    fs.writeFileSync(path.join(dir, 'queue', 'queued-image'), '');
+
+    // Max size 2 KiB: pruning must evict exactly one image, the least recently accessed (B),
+    // not the first by id (A) nor the one with the fewest hits (C).
+    const cache = track(await createCache(dir, { imageCacheMaxSize: 2048 }));
+    assert.deepEqual(await cache.getCachedImages(), Object.entries(images).map(([imageId, image]) => ({
+      imageId,
+      hits: image.hits,
+      lastModified: image.lastModified,
+      lastAccessed: image.lastAccessed,
+      size: 1024,
+    })));
+    assert.equal(await cache.getCacheSize(), 3 * 1024);
+    assert.deepEqual(await cache.getQueuedImages(), ['queued-image']);
+    assert.deepEqual(await cache.getLeastRecentlyAccessed(), { imageId: idB, size: 1024 });
+
+    assert.deepEqual(await cache.prune(), { totalFilesPruned: 1, totalBytesPruned: 1024 });
+    assert.equal(await cache.isCached(idB), false);
+    assert.equal(fs.existsSync(path.join(dir, idB)), false);
+
+    assert.deepEqual(await readAll(cache, idA), images[idA]!.data);
+    assert.deepEqual(await readAll(cache, idC), images[idC]!.data);
+    assert.equal(await cache.getHitCount(idA), 4);
+    assert.equal(await cache.getHitCount(idC), 1);
+    const after = await cache.getCachedImages();
+    assert.deepEqual(after.map((i) => i.imageId), [idA, idC]);
+    for (const image of after) assert.ok(image.lastAccessed > 1_700_000_300.25, 'reading did not move last access forward');
+  });
+
+  it('leaves a directory Glance can read: Glance\'s query and directory listing see our images, and no WAL files remain after close', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    const cache = track(await createCache(dir));
+    assert.equal(await cache.cacheImageFile('img-1', (async function* () { yield patternedBytes(1000); })()), true);
+    assert.equal(await cache.cacheImageFile('img-2', (async function* () { yield Buffer.alloc(300, 'x'); })()), true);
+    await readAll(cache, 'img-1');
+    await readAll(cache, 'img-1');
+    const ours = await cache.getCachedImages();
+    assert.equal(ours.length, 2);
+    await cache.close();
+
+    const script = `
+import json, os, sqlite3, sys
+base = sys.argv[1]
+conn = sqlite3.connect(os.path.join(base, 'cache.db'))
+conn.row_factory = sqlite3.Row
+rows = [dict(r) for r in conn.execute("SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images ORDER BY image_id")]
+mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+conn.close()
+files = sorted(f for f in os.listdir(base) if os.path.isfile(os.path.join(base, f)))
+print(json.dumps({"rows": rows, "files": files, "journal_mode": mode}))
+`;
+    const output = execFileSync('python3', ['-c', script, dir], { encoding: 'utf8' });
+    const glance = JSON.parse(output) as {
+      rows: Array<{ image_id: string; hits: number; last_accessed: number; last_modified: number; size: number }>;
+      files: string[];
+      journal_mode: string;
+    };
+    assert.deepEqual(glance.rows, ours.map((i) => ({
+      image_id: i.imageId,
+      hits: i.hits,
+      last_accessed: i.lastAccessed,
+      last_modified: i.lastModified,
+      size: i.size,
+    })));
+    assert.deepEqual(glance.rows.map((r) => [r.image_id, r.hits, r.size]), [['img-1', 2, 1000], ['img-2', 0, 300]]);
+    // Glance counts every regular file in the directory other than its database as an image.
+    assert.deepEqual(glance.files.filter((f) => f !== 'cache.db'), ['img-1', 'img-2']);
+    assert.equal(glance.journal_mode, 'delete');
+  });
+
+  it('keeps the database in WAL mode while open, back in rollback-journal (delete) mode after close, with an index on last_accessed', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    const dbPath = path.join(dir, 'cache.db');
+    const cache = track(await createCache(dir));
+    await cache.cacheImageFile('1', (async function* () { yield Buffer.from('data'); })());
+    assert.equal(journalMode(dbPath), 'wal');
+
+    const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+    try {
+      const indexes = db.prepare<[], { name: string }>("SELECT name FROM pragma_index_list('cached_images')").all();
+      const leading = indexes.map((index) => db.prepare<[], { name: string }>(`SELECT name FROM pragma_index_info('${index.name.replace(/'/g, "''")}') ORDER BY seqno`).all()[0]?.name);
+      assert.ok(leading.includes('last_accessed'), `no index leads with last_accessed (indexes: ${JSON.stringify(indexes)})`);
+      const columns = db.prepare<[], { name: string; type: string }>("SELECT name, type FROM pragma_table_info('cached_images') ORDER BY cid").all();
+      assert.deepEqual(columns.map((c) => [c.name, c.type]), [
+        ['image_id', 'TEXT'], ['last_accessed', 'REAL'], ['last_modified', 'REAL'], ['size', 'INTEGER'], ['hits', 'INTEGER'], ['checksum', 'TEXT'],
+      ]);
+    } finally {
+      db.close();
+    }
+
+    await cache.close();
+    assert.equal(journalMode(dbPath), 'delete');
+    assert.equal(fs.existsSync(`${dbPath}-wal`), false);
+    assert.equal(fs.existsSync(`${dbPath}-shm`), false);
+  });
+
+  it('with two caches open on one directory, the database stays usable until the last one closes, which leaves no WAL files', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    const dbPath = path.join(dir, 'cache.db');
+    const first = track(await createCache(dir));
+    const second = track(await createCache(dir));
+    assert.equal(await first.cacheImageFile('1', (async function* () { yield Buffer.from('one'); })()), true);
+    await first.close();
+    assert.equal(await second.cacheImageFile('2', (async function* () { yield Buffer.from('two'); })()), true);
+    assert.deepEqual((await second.getCachedImages()).map((i) => i.imageId), ['1', '2']);
+    assert.deepEqual(await readAll(second, '1'), Buffer.from('one'));
+    assert.equal(await second.getHitCount('1'), 1);
+    await second.close();
+    assert.equal(journalMode(dbPath), 'delete');
+    assert.equal(fs.existsSync(`${dbPath}-wal`), false);
+    assert.equal(fs.existsSync(`${dbPath}-shm`), false);
+  });
+
+  it('rejects the database\'s own file names as image IDs, and never lists or deletes them as images', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    const cache = track(await createCache(dir));
+    for (const id of ['cache.db', 'cache.db-wal', 'cache.db-shm', 'cache.db-journal']) {
+      await assert.rejects(cache.isCached(id), INVALID_IMAGE_ID, id);
+      await assert.rejects(cache.openForWrite(id), INVALID_IMAGE_ID, id);
+      await assert.rejects(cache.openForRead(id), INVALID_IMAGE_ID, id);
+      await assert.rejects(cache.deleteCachedImage(id), INVALID_IMAGE_ID, id);
+      await assert.rejects(cache.cacheImageFile(id, (async function* () { yield Buffer.from('x'); })()), INVALID_IMAGE_ID, id);
+      assert.throws(() => cache.getImageFilepath(id), INVALID_IMAGE_ID, id);
+    }
+    assert.deepEqual(await cache.getCachedImages(), []);
+    assert.equal(await cache.getCacheSize(), 0);
+    assert.equal(await cache.deleteAllCachedImages(), 0);
+    assert.equal(fs.existsSync(path.join(dir, 'cache.db')), true);
+    // The database still works after all that.
+    assert.equal(await cache.cacheImageFile('1', (async function* () { yield Buffer.from('x'); })()), true);
+    assert.deepEqual((await cache.getCachedImages()).map((i) => i.imageId), ['1']);
+  });
+
+  it('with image_cache_sqlite_db set, that file name (not cache.db) is reserved', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    const cache = track(await createCache(dir, { imageCacheSqliteDb: 'meta.sqlite' }));
+    assert.equal(fs.existsSync(path.join(dir, 'meta.sqlite')), true);
+    await assert.rejects(cache.isCached('meta.sqlite'), INVALID_IMAGE_ID);
+    await assert.rejects(cache.isCached('meta.sqlite-wal'), INVALID_IMAGE_ID);
+    assert.equal(await cache.isCached('cache.db'), false);
+  });
+
+  it('an unknown driver name is rejected with InvalidOption', async (t) => {
+    const { root } = tempRoot(t);
+    await assert.rejects(
+      ImageCache.create({ imageCacheDir: path.join(root, 'cache'), imageCacheDriver: 'memcached' as DriverName, logger: silentLogger }),
+      { code: 'ERR_INVALID_OPTION', name: 'InvalidOption' },
+    );
+    assert.deepEqual(fs.readdirSync(root), []);
+  });
+
+  it('an unset image_cache_dir is a BadDriverConfiguration', async () => {
+    await assert.rejects(ImageCache.create({ imageCacheDir: '', logger: silentLogger }), BAD_DRIVER_CONFIGURATION);
+    await assert.rejects(
+      ImageCache.create({ imageCacheDir: undefined as unknown as string, imageCacheDriver: 'sqlite', logger: silentLogger }),
+      BAD_DRIVER_CONFIGURATION,
+    );
+  });
+
+  it('an image_cache_dir that cannot be created or written is a BadDriverConfiguration', async (t) => {
+    const { root } = tempRoot(t);
+    const file = path.join(root, 'a-regular-file');
+    fs.writeFileSync(file, 'not a directory');
+    // Beneath a regular file (ENOTDIR, whatever the user's privileges) and a regular file itself.
+    await assert.rejects(createCache(path.join(file, 'cache')), BAD_DRIVER_CONFIGURATION);
+    await assert.rejects(createCache(file), BAD_DRIVER_CONFIGURATION);
+    assert.deepEqual(fs.readFileSync(file, 'utf8'), 'not a directory');
+  });
+
+  it('a cache.db that is not a SQLite database is a BadDriverConfiguration, and is left untouched', async (t) => {
+    const { root } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    fs.mkdirSync(dir);
+    const garbage = Buffer.from('this is certainly not a SQLite database file, just some garbage bytes '.repeat(20));
+    fs.writeFileSync(path.join(dir, 'cache.db'), garbage);
+    await assert.rejects(createCache(dir), BAD_DRIVER_CONFIGURATION);
+    assert.deepEqual(fs.readFileSync(path.join(dir, 'cache.db')), garbage);
+  });
+});
