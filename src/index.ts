@@ -3,6 +3,8 @@ export { ChecksumVerifier, checksumRule, type ChecksumRule } from './cache/check
 export type { ImageSource } from './cache/caching-stream.js';
 export { Driver, type CacheReadStream } from './drivers/driver.js';
 export { SqliteDriver } from './drivers/sqlite.js';
+export { XattrDriver } from './drivers/xattr.js';
+export { CentralizedDbDriver } from './drivers/centralized-db.js';
 export { createDriver } from './drivers/registry.js';
 export { CacheWriter } from './fs/cache-writer.js';
 export {

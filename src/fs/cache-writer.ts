@@ -120,13 +120,20 @@ export class CacheWriter extends Writable {
   private async commit(): Promise<void> {
     const file = this.requireFile();
     this.stopHeartbeat();
-    await fsyncFd(file.fd);
-    assertStillOurs(file);
-    await this.hooks.record(this.bytesWritten);
+    // The record is written while the thread pool runs the fsync; the rename,
+    // which makes the file visible, waits for both. A record without its
+    // active file is never reported, so recording first is safe.
+    const synced = fsyncFd(file.fd);
+    let recorded = false;
     try {
+      await this.hooks.record(this.bytesWritten);
+      recorded = true;
+      await synced;
+      assertStillOurs(file);
       fs.renameSync(file.paths.incomplete, file.paths.active);
     } catch (err) {
-      await this.hooks.unrecord();
+      await synced.catch(() => {});
+      if (recorded) await this.hooks.unrecord();
       throw err;
     }
     this.settle();
