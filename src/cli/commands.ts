@@ -107,38 +107,8 @@ export const COMMANDS: Record<string, Command> = {
       return failed === 0 ? 0 : 1;
     },
   },
-  'delete-cached': {
-    synopsis: 'delete-cached IMAGE_ID | delete-cached --all',
-    summary: 'removes one cached image, or all of them',
-    minArgs: 0,
-    maxArgs: 1,
-    flags: { all: { type: 'boolean', default: false } },
-    async run(cache, [id], flags) {
-      if (flags.all === (id !== undefined)) return usageError('delete-cached IMAGE_ID | delete-cached --all');
-      if (flags.all) out(`Deleted ${await cache.deleteAllCachedImages()} cached images.`);
-      else {
-        await cache.deleteCachedImage(id!);
-        out(`Deleted cached image ${id}.`);
-      }
-      return 0;
-    },
-  },
-  'delete-queued': {
-    synopsis: 'delete-queued IMAGE_ID | delete-queued --all',
-    summary: 'removes one queued image, or all of them',
-    minArgs: 0,
-    maxArgs: 1,
-    flags: { all: { type: 'boolean', default: false } },
-    async run(cache, [id], flags) {
-      if (flags.all === (id !== undefined)) return usageError('delete-queued IMAGE_ID | delete-queued --all');
-      if (flags.all) out(`Deleted ${await cache.deleteAllQueuedImages()} queued images.`);
-      else {
-        await cache.deleteQueuedImage(id!);
-        out(`Deleted queued image ${id}.`);
-      }
-      return 0;
-    },
-  },
+  'delete-cached': deleteCommand('cached', (cache, id) => cache.deleteCachedImage(id), (cache) => cache.deleteAllCachedImages()),
+  'delete-queued': deleteCommand('queued', (cache, id) => cache.deleteQueuedImage(id), (cache) => cache.deleteAllQueuedImages()),
   prune: {
     synopsis: 'prune',
     summary: 'evicts least recently used images until the cache fits image_cache_max_size',
@@ -168,6 +138,28 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
 };
+
+/** delete-cached / delete-queued: one image by ID, or all of them with --all. */
+function deleteCommand(kind: 'cached' | 'queued', deleteOne: (cache: ImageCache, id: string) => Promise<void>, deleteAll: (cache: ImageCache) => Promise<number>): Command {
+  const synopsis = `delete-${kind} IMAGE_ID | delete-${kind} --all`;
+  return {
+    synopsis,
+    summary: `removes one ${kind} image, or all of them`,
+    minArgs: 0,
+    maxArgs: 1,
+    flags: { all: { type: 'boolean', default: false } },
+    async run(cache, [id], flags) {
+      if (flags.all === (id !== undefined)) return usageError(synopsis);
+      if (id === undefined) {
+        out(`Deleted ${await deleteAll(cache)} ${kind} images.`);
+      } else {
+        await deleteOne(cache, id);
+        out(`Deleted ${kind} image ${id}.`);
+      }
+      return 0;
+    },
+  };
+}
 
 export function usage(): string {
   const lines = Object.values(COMMANDS).map((c) => `  ${c.synopsis}\n      ${c.summary}`);

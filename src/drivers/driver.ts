@@ -78,6 +78,7 @@ export abstract class Driver {
   // ---- set-up ----------------------------------------------------------------------
 
   async configure(): Promise<void> {
+    if (this.configured) return;
     const dir = this.options.imageCacheDir;
     if (typeof dir !== 'string' || dir.length === 0) {
       throw new BadDriverConfiguration(this.name, 'image_cache_dir is not set');

@@ -1,19 +1,263 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr';
 import { BadDriverConfiguration } from '../errors.js';
 import type { CacheEntry, CachedImage } from '../types.js';
 import { Driver } from './driver.js';
 
-// Work in progress (issue 3): replaced by the real driver before it is registered as done.
+/** Glance's attribute: the hit count as str(int), e.g. "3". */
+const HITS = 'user.hits';
+/** Ours: the last access in epoch seconds as a decimal string. Glance neither writes nor reads it. */
+const LAST_ACCESSED = 'user.last_accessed';
+
+/** The external lock file Glance's sqlite driver leaves in the cache directory. */
+const GLANCE_SQLITE_INIT_LOCK = 'image_cache_db_init';
+
+/**
+ * Files examined between yields to the event loop while scanning: a stat and
+ * two getxattr calls take about 15 µs, so a slice blocks for some 15 ms and a
+ * scan of 100,000 images does not stall every other request for a second and a half.
+ */
+const SCAN_SLICE = 1000;
+
+const { ENOENT, ENOTSUP, EOPNOTSUPP } = os.constants.errno;
+
+interface PendingAccess {
+  hits: number;
+  lastAccessed: number;
+}
+
+/**
+ * No database: an image's metadata lives on its active file, so it is created,
+ * renamed and deleted with it and there is nothing to reconcile.
+ *
+ * - hits: `user.hits`, written as Glance writes it (str(int)), so Glance's
+ *   xattr driver reads the counts of a directory we wrote and we read its.
+ * - last access: our own `user.last_accessed`; on a file Glance wrote (which
+ *   has none) the file's atime, which is what Glance itself goes by.
+ * - last modified: the mtime; size: the file size.
+ *
+ * Listing, sizing and pruning are one readdir, then one stat (and the
+ * attributes needed) per file, then one sort; Glance rescans the directory
+ * for every image it evicts.
+ *
+ * Reads are recorded in memory and written once per turn of the event loop;
+ * every query flushes them first, so concurrent reads in this process never
+ * lose an increment. Across processes the increment is a read-modify-write of
+ * the attribute, as in Glance's inc_xattr, and two processes flushing the same
+ * image at the same moment can lose one hit: hits are statistics, and a lock
+ * per read would cost more than they are worth.
+ */
 export class XattrDriver extends Driver {
   readonly name = 'xattr' as const;
-  protected async openMetadataStore(): Promise<void> {
-    throw new BadDriverConfiguration('xattr', 'not implemented yet');
+  private reserved: ReadonlySet<string> = new Set();
+  private open = false;
+  private pending = new Map<string, PendingAccess>();
+  private flushScheduled: NodeJS.Immediate | undefined;
+
+  protected override reservedNames(): ReadonlySet<string> {
+    return this.reserved;
   }
-  protected async closeMetadataStore(): Promise<void> {}
-  protected recordCachedImage(): void {}
-  protected forgetCachedImages(): void {}
-  protected recordAccess(): void {}
-  async getCachedImages(): Promise<CachedImage[]> { return []; }
-  async getCacheSize(): Promise<number> { return 0; }
-  async getHitCount(): Promise<number> { return 0; }
-  async listLeastRecentlyAccessed(): Promise<CacheEntry[]> { return []; }
+
+  protected async openMetadataStore(): Promise<void> {
+    // A directory the sqlite driver used (ImageCache falls back to it when this
+    // driver cannot be configured) holds its database: that is not an image to
+    // list or prune, and the names are reserved under sqlite too.
+    const db = this.options.imageCacheSqliteDb;
+    this.reserved = new Set([db, `${db}-wal`, `${db}-shm`, `${db}-journal`, GLANCE_SQLITE_INIT_LOCK]);
+    this.probeUserAttributes();
+    this.open = true;
+  }
+
+  /**
+   * Sets a user attribute on a scratch file, as Glance's configure() does, so
+   * that a file system without user xattrs is reported now rather than by the
+   * first commit. The probe's name is not a valid image ID, so that one left
+   * behind by a crash is never listed or pruned as an image.
+   */
+  private probeUserAttributes(): void {
+    const dir = this.baseDir;
+    const probe = path.join(dir, `.xattr-probe@${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      fs.writeFileSync(probe, '', { flag: 'wx' });
+    } catch (err) {
+      throw new BadDriverConfiguration('xattr', `cannot create a probe file in the cache directory ${dir}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      try {
+        setAttributeSync(probe, HITS, '1');
+      } catch (err) {
+        const errno = osErrno(err);
+        if (errno === EOPNOTSUPP || errno === ENOTSUP) {
+          throw new BadDriverConfiguration('xattr', `the file system holding the cache directory ${dir} does not support user extended attributes; ` +
+            'mount it with the user_xattr option (in /etc/fstab) or use another image_cache_driver', { cause: err });
+        }
+        throw new BadDriverConfiguration('xattr', `cannot set the extended attribute ${HITS} in the cache directory ${dir}: ${(err as Error).message}`, { cause: err });
+      }
+      if (getAttributeSync(probe, HITS)?.toString('utf8') !== '1') {
+        throw new BadDriverConfiguration('xattr', `the file system holding the cache directory ${dir} does not keep user extended attributes; ` +
+          'mount it with the user_xattr option (in /etc/fstab) or use another image_cache_driver');
+      }
+    } finally {
+      try {
+        fs.unlinkSync(probe);
+      } catch (err) {
+        this.log.warn({ driver: this.name, err, probe }, 'could not remove the extended attribute probe file');
+      }
+    }
+  }
+
+  protected async closeMetadataStore(): Promise<void> {
+    this.flush();
+    this.open = false;
+  }
+
+  /**
+   * Sets the attributes on incomplete/<id>, before the rename, so that the
+   * active file never exists without them (Glance's inc_xattr fails on a file
+   * without user.hits). The directory fsync that follows the rename commits
+   * them along with it on journalling file systems (ext4, XFS).
+   */
+  protected recordCachedImage(imageId: string, _size: number, now: number): void {
+    this.pending.delete(imageId);
+    const file = this.getImageFilepath(imageId, 'incomplete');
+    try {
+      setAttributeSync(file, HITS, '0');
+      setAttributeSync(file, LAST_ACCESSED, String(now));
+    } catch (err) {
+      throw new Error(`cannot set the extended attributes of ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** The attributes went with the files; only reads not yet written remain to drop. */
+  protected forgetCachedImages(imageIds: readonly string[]): void {
+    for (const id of imageIds) this.pending.delete(id);
+  }
+
+  protected recordAccess(imageId: string, now: number): void {
+    if (!this.open) return; // closed while a read was still open
+    const entry = this.pending.get(imageId);
+    if (entry) {
+      entry.hits += 1;
+      entry.lastAccessed = Math.max(entry.lastAccessed, now);
+    } else {
+      this.pending.set(imageId, { hits: 1, lastAccessed: now });
+    }
+    this.flushScheduled ??= setImmediate(() => this.flush());
+  }
+
+  /** Writes the recorded reads to the files' attributes. */
+  flush(): void {
+    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
+    this.flushScheduled = undefined;
+    if (this.pending.size === 0) return;
+    const entries = this.pending;
+    this.pending = new Map();
+    let failed = 0;
+    let lastError: unknown;
+    for (const [id, access] of entries) {
+      const file = this.getImageFilepath(id);
+      try {
+        // A missing or unreadable count (a file Glance committed without one) starts from 0.
+        const hits = parseHits(getAttributeSync(file, HITS)) + access.hits;
+        setAttributeSync(file, HITS, String(hits));
+        setAttributeSync(file, LAST_ACCESSED, String(access.lastAccessed));
+      } catch (err) {
+        if (osErrno(err) === ENOENT) continue; // deleted or pruned since it was read
+        failed++;
+        lastError = err;
+      }
+    }
+    if (failed > 0) this.log.error({ driver: this.name, err: lastError, images: failed }, 'could not record image reads');
+  }
+
+  async getCachedImages(): Promise<CachedImage[]> {
+    const images = await this.scan(true);
+    images.sort((a, b) => (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));
+    return images;
+  }
+
+  async getCacheSize(): Promise<number> {
+    let total = 0;
+    let examined = 0;
+    for (const id of await this.activeImageIds()) {
+      const st = fs.statSync(this.getImageFilepath(id), { throwIfNoEntry: false });
+      if (st !== undefined && st.isFile()) total += st.size;
+      if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
+    }
+    return total;
+  }
+
+  async getHitCount(imageId: string): Promise<number> {
+    const file = this.getImageFilepath(imageId);
+    this.flush();
+    // null when the image is not cached (or its file has no count): 0, as Glance says.
+    return parseHits(getAttributeSync(file, HITS));
+  }
+
+  async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
+    const images = await this.scan(false);
+    images.sort((a, b) => a.lastAccessed - b.lastAccessed || (a.imageId < b.imageId ? -1 : a.imageId > b.imageId ? 1 : 0));
+    return images.map((image) => ({ imageId: image.imageId, size: image.size }));
+  }
+
+  /**
+   * Every active image, read from its file: one readdir, then per file one
+   * stat and its attributes, once. A file without attributes (Glance crashed,
+   * or an operator copied it in) is listed with 0 hits and its atime as last
+   * access, so that it is counted and pruned like any other. `withHits` false
+   * skips reading the counts, which ordering by last access does not need.
+   */
+  private async scan(withHits: boolean): Promise<CachedImage[]> {
+    this.flush();
+    const images: CachedImage[] = [];
+    let examined = 0;
+    for (const id of await this.activeImageIds()) {
+      const file = this.getImageFilepath(id);
+      const st = fs.statSync(file, { throwIfNoEntry: false });
+      if (st !== undefined && st.isFile()) {
+        images.push({
+          imageId: id,
+          hits: withHits ? parseHits(getAttributeSync(file, HITS)) : 0,
+          lastModified: st.mtimeMs / 1000,
+          lastAccessed: parseSeconds(getAttributeSync(file, LAST_ACCESSED)) ?? st.atimeMs / 1000,
+          size: st.size,
+        });
+      }
+      if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
+    }
+    return images;
+  }
+}
+
+/**
+ * The errno of a failed @napi-rs/xattr call. Its errors carry no errno
+ * property, only the OS message, e.g. "Operation not supported (os error 95)".
+ */
+function osErrno(err: unknown): number | undefined {
+  const match = /\(os error (\d+)\)/.exec(err instanceof Error ? err.message : '');
+  return match ? Number(match[1]) : undefined;
+}
+
+/** A count as Glance writes it (str(int)); anything else (or nothing) is 0. */
+function parseHits(value: Buffer | null): number {
+  if (value === null) return 0;
+  const text = value.toString('utf8').trim();
+  if (!/^\+?\d+$/.test(text)) return 0;
+  const hits = Number(text);
+  return Number.isSafeInteger(hits) ? hits : 0;
+}
+
+/** Epoch seconds as we write them; undefined when absent or not a number. */
+function parseSeconds(value: Buffer | null): number | undefined {
+  if (value === null) return undefined;
+  const text = value.toString('utf8').trim();
+  const seconds = text.length > 0 ? Number(text) : Number.NaN;
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : undefined;
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
