@@ -21,6 +21,9 @@ const SCHEMA = `
 /** The external lock file Glance's sqlite driver leaves in the cache directory. */
 const GLANCE_INIT_LOCK = 'image_cache_db_init';
 
+/** WAL pages (4 KiB) between automatic checkpoints. */
+const WAL_AUTOCHECKPOINT_PAGES = 10_000;
+
 /** How long a statement waits on a database another process holds, in ms. */
 const BUSY_TIMEOUT_MS = 10_000;
 
@@ -73,6 +76,11 @@ export class SqliteDriver extends Driver {
       const db = new Database(this.dbPath, { timeout: BUSY_TIMEOUT_MS });
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
+      // A checkpoint fsyncs the WAL and the database on the committing
+      // connection, blocking the event loop. Every commit writes ~3 pages, so
+      // the default (every 1000 pages) cost ~0.13 ms per cached image here;
+      // checkpointing ten times less often amortises that to near nothing.
+      db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT_PAGES}`);
       db.exec(SCHEMA);
       this.db = db;
       this.statements = this.prepare(db);
