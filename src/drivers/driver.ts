@@ -92,7 +92,14 @@ export abstract class Driver {
     } catch (err) {
       throw new BadDriverConfiguration(this.name, `cache directory ${this.baseDir} is not usable: ${(err as Error).message}`, { cause: err });
     }
-    await this.openMetadataStore();
+    try {
+      await this.openMetadataStore();
+    } catch (err) {
+      // Not configured: let go of the directory (ImageCache.create may fall back to another driver on it).
+      await this.dirSync.close();
+      this.dirSync = undefined;
+      throw err;
+    }
     this.configured = true;
   }
 

@@ -758,7 +758,8 @@ export function runConformanceSuite(driverName: DriverName, makeOptions: MakeOpt
         assert.equal(fx.cache.getImageFilepath('1'), fx.cache.getImageFilepath('1', 'active'));
       });
 
-      const INVALID_IDS = ['../x', 'a/b', '.', '..', '', 'x'.repeat(300), 'a\0b', '/x', '../../x', 'a b', 'é'];
+      // The last three are the cache's own sub-directories.
+      const INVALID_IDS = ['../x', 'a/b', '.', '..', '', 'x'.repeat(300), 'a\0b', '/x', '../../x', 'a b', 'é', 'incomplete', 'invalid', 'queue'];
 
       it('invalid image IDs are rejected with InvalidImageId by every method, and nothing is created', async (t) => {
         const { cache, root } = await setup(t);
