@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import { ImageCache, silentLogger, type DriverName, type ImageCacheOptions } from '../../src/index.js';
@@ -149,6 +150,53 @@ print(json.dumps({"rows": rows, "files": files, "journal_mode": mode}))
     // Glance counts every regular file in the directory other than its database as an image.
     assert.deepEqual(glance.files.filter((f) => f !== 'cache.db'), ['img-1', 'img-2']);
     assert.equal(glance.journal_mode, 'delete');
+  });
+
+  it('Glance\'s own sqlite driver (Debian python3-glance) reads a directory we wrote, and we read what it then writes', async (t) => {
+    const { root, track } = tempRoot(t);
+    const dir = path.join(root, 'cache');
+    const cache = track(await createCache(dir));
+    await cache.cacheImageFile('img-1', Readable.from([Buffer.alloc(1000, 1)]));
+    await cache.cacheImageFile('img-2', Readable.from([Buffer.alloc(300, 2)]));
+    await readAll(cache, 'img-1');
+    await readAll(cache, 'img-1');
+    await cache.close();
+
+    const script = `
+import io, json, sys
+from oslo_config import cfg
+import glance.image_cache as image_cache
+from glance.image_cache.drivers import sqlite  # registers image_cache_sqlite_db
+cfg.CONF(args=[], project="glance", default_config_files=[])
+cfg.CONF.set_override("image_cache_dir", sys.argv[1])
+cfg.CONF.set_override("image_cache_driver", "sqlite")
+cache = image_cache.ImageCache()
+before = [[r["image_id"], r["hits"], r["size"]] for r in cache.get_cached_images()]
+size = cache.get_cache_size()
+with cache.open_for_read("img-2") as f:
+    read = len(b"".join(f))
+cache.cache_image_file("from-glance", io.BytesIO(b"g" * 100))
+print(json.dumps({"before": before, "size": size, "read": read}))
+`;
+    let output: string;
+    try {
+      output = execFileSync('/usr/bin/python3', ['-c', script, dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (err) {
+      const stderr = String((err as { stderr?: unknown }).stderr ?? '');
+      assert.fail(`running Glance's sqlite driver failed (Debian's python3-glance must be installed; .ci/run installs it): ${stderr.trim().split('\n').pop()}`);
+    }
+    const glance = JSON.parse(output) as { before: Array<[string, number, number]>; size: number; read: number };
+    assert.deepEqual(glance.before, [['img-1', 2, 1000], ['img-2', 0, 300]]);
+    assert.equal(glance.size, 1300, 'Glance sums every file in the directory but cache.db: no WAL files may be left');
+    assert.equal(glance.read, 300);
+
+    const again = track(await createCache(dir));
+    const images = await again.getCachedImages();
+    assert.deepEqual(images.map((i) => [i.imageId, i.hits, i.size]), [['from-glance', 0, 100], ['img-1', 2, 1000], ['img-2', 1, 300]]);
+    assert.deepEqual(await readAll(again, 'from-glance'), Buffer.alloc(100, 'g'));
+    // Glance's lock file (image_cache_db_init) is not an image.
+    assert.equal(fs.existsSync(path.join(dir, 'image_cache_db_init')), true);
+    assert.equal(await again.getCacheSize(), 1400);
   });
 
   it('keeps the database in WAL mode while open, back in rollback-journal (delete) mode after close, with an index on last_accessed', async (t) => {
