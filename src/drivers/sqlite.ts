@@ -3,7 +3,9 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { BadDriverConfiguration } from '../errors.js';
 import type { CacheEntry, CachedImage } from '../types.js';
+import { AccessBatch, type PendingAccess } from './access-batch.js';
 import { Driver } from './driver.js';
+import { sqliteFileNames } from './sqlite-files.js';
 
 /** Glance's table, column for column, so either side can read the other's cache.db. */
 const SCHEMA = `
@@ -18,9 +20,6 @@ const SCHEMA = `
   CREATE INDEX IF NOT EXISTS cached_images_last_accessed_idx ON cached_images (last_accessed);
 `;
 
-/** The external lock file Glance's sqlite driver leaves in the cache directory. */
-const GLANCE_INIT_LOCK = 'image_cache_db_init';
-
 /** WAL pages (4 KiB) between automatic checkpoints. */
 const WAL_AUTOCHECKPOINT_PAGES = 10_000;
 
@@ -33,11 +32,6 @@ interface Row {
   last_accessed: number;
   last_modified: number;
   size: number;
-}
-
-interface PendingAccess {
-  hits: number;
-  lastAccessed: number;
 }
 
 /**
@@ -56,8 +50,7 @@ export class SqliteDriver extends Driver {
   private db: Database.Database | undefined;
   private reserved: ReadonlySet<string> = new Set();
   private statements: ReturnType<SqliteDriver['prepare']> | undefined;
-  private pending = new Map<string, PendingAccess>();
-  private flushScheduled: NodeJS.Immediate | undefined;
+  private readonly reads = new AccessBatch((entries) => this.writeReads(entries));
 
   get dbPath(): string {
     return path.join(this.baseDir, this.options.imageCacheSqliteDb);
@@ -68,10 +61,7 @@ export class SqliteDriver extends Driver {
   }
 
   protected async openMetadataStore(): Promise<void> {
-    const name = this.options.imageCacheSqliteDb;
-    // The database, the files SQLite keeps beside it, and the lock file Glance's
-    // driver creates at start-up (oslo.concurrency's external lock) are not images.
-    this.reserved = new Set([name, `${name}-wal`, `${name}-shm`, `${name}-journal`, GLANCE_INIT_LOCK]);
+    this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
     try {
       const db = new Database(this.dbPath, { timeout: BUSY_TIMEOUT_MS });
       db.pragma('journal_mode = WAL');
@@ -122,7 +112,7 @@ export class SqliteDriver extends Driver {
   protected async closeMetadataStore(): Promise<void> {
     const db = this.db;
     if (db === undefined) return;
-    this.flush();
+    this.reads.flush();
     this.db = undefined;
     this.statements = undefined;
     try {
@@ -136,44 +126,32 @@ export class SqliteDriver extends Driver {
   }
 
   protected recordCachedImage(imageId: string, size: number, now: number): void {
-    this.pending.delete(imageId);
+    this.reads.forget(imageId);
     this.sql().insert.run(imageId, now, now, size);
   }
 
   protected forgetCachedImages(imageIds: readonly string[]): void {
-    for (const id of imageIds) this.pending.delete(id);
+    for (const id of imageIds) this.reads.forget(id);
     if (imageIds.length === 1) this.sql().forget.run(imageIds[0]!);
     else if (imageIds.length > 1) this.sql().forgetMany.immediate(imageIds);
   }
 
   protected recordAccess(imageId: string, now: number): void {
     if (this.db === undefined) return; // closed while a read was still open
-    const entry = this.pending.get(imageId);
-    if (entry) {
-      entry.hits += 1;
-      entry.lastAccessed = Math.max(entry.lastAccessed, now);
-    } else {
-      this.pending.set(imageId, { hits: 1, lastAccessed: now });
-    }
-    this.flushScheduled ??= setImmediate(() => this.flush());
+    this.reads.add(imageId, now);
   }
 
-  /** Writes the recorded reads, in one transaction. */
-  flush(): void {
-    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
-    this.flushScheduled = undefined;
-    if (this.pending.size === 0 || this.statements === undefined) return;
-    const entries = [...this.pending];
-    this.pending = new Map();
+  /** Writes recorded reads, in one transaction. */
+  private writeReads(entries: Map<string, PendingAccess>): void {
     try {
-      this.statements.applyAccesses.immediate(entries);
+      this.sql().applyAccesses.immediate([...entries]);
     } catch (err) {
-      this.log.error({ driver: this.name, err, images: entries.length }, 'could not record image reads');
+      this.log.error({ driver: this.name, err, images: entries.size }, 'could not record image reads');
     }
   }
 
   async getCachedImages(): Promise<CachedImage[]> {
-    this.flush();
+    this.reads.flush();
     const rows = await this.reconciled(this.sql().all.all());
     rows.sort((a, b) => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
     return rows.map((row) => ({
@@ -194,12 +172,12 @@ export class SqliteDriver extends Driver {
   async getHitCount(imageId: string): Promise<number> {
     this.validate(imageId);
     if (!(await this.isCached(imageId))) return 0;
-    this.flush();
+    this.reads.flush();
     return this.sql().hits.get(imageId)?.hits ?? 0;
   }
 
   async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
-    this.flush();
+    this.reads.flush();
     const rows = await this.reconciled(this.sql().byAccess.all());
     rows.sort((a, b) => a.last_accessed - b.last_accessed);
     return rows.map((row) => ({ imageId: row.image_id, size: row.size }));

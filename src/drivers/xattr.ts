@@ -5,15 +5,14 @@ import path from 'node:path';
 import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr';
 import { BadDriverConfiguration } from '../errors.js';
 import type { CacheEntry, CachedImage } from '../types.js';
+import { AccessBatch, type PendingAccess } from './access-batch.js';
 import { Driver } from './driver.js';
+import { sqliteFileNames } from './sqlite-files.js';
 
 /** Glance's attribute: the hit count as str(int), e.g. "3". */
 const HITS = 'user.hits';
 /** Ours: the last access in epoch seconds as a decimal string. Glance neither writes nor reads it. */
 const LAST_ACCESSED = 'user.last_accessed';
-
-/** The external lock file Glance's sqlite driver leaves in the cache directory. */
-const GLANCE_SQLITE_INIT_LOCK = 'image_cache_db_init';
 
 /**
  * Files examined between yields to the event loop while scanning: a stat and
@@ -24,11 +23,6 @@ const GLANCE_SQLITE_INIT_LOCK = 'image_cache_db_init';
 const SCAN_SLICE = 500;
 
 const { ENOENT, ENOTSUP, EOPNOTSUPP } = os.constants.errno;
-
-interface PendingAccess {
-  hits: number;
-  lastAccessed: number;
-}
 
 /**
  * No database: an image's metadata lives on its active file, so it is created,
@@ -55,8 +49,7 @@ export class XattrDriver extends Driver {
   readonly name = 'xattr' as const;
   private reserved: ReadonlySet<string> = new Set();
   private open = false;
-  private pending = new Map<string, PendingAccess>();
-  private flushScheduled: NodeJS.Immediate | undefined;
+  private readonly reads = new AccessBatch((entries) => this.writeReads(entries));
 
   protected override reservedNames(): ReadonlySet<string> {
     return this.reserved;
@@ -66,8 +59,7 @@ export class XattrDriver extends Driver {
     // A directory the sqlite driver used (ImageCache falls back to it when this
     // driver cannot be configured) holds its database: that is not an image to
     // list or prune, and the names are reserved under sqlite too.
-    const db = this.options.imageCacheSqliteDb;
-    this.reserved = new Set([db, `${db}-wal`, `${db}-shm`, `${db}-journal`, GLANCE_SQLITE_INIT_LOCK]);
+    this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
     this.probeUserAttributes();
     this.open = true;
   }
@@ -111,7 +103,7 @@ export class XattrDriver extends Driver {
   }
 
   protected async closeMetadataStore(): Promise<void> {
-    this.flush();
+    this.reads.flush();
     this.open = false;
   }
 
@@ -122,7 +114,7 @@ export class XattrDriver extends Driver {
    * them along with it on journalling file systems (ext4, XFS).
    */
   protected recordCachedImage(imageId: string, _size: number, now: number): void {
-    this.pending.delete(imageId);
+    this.reads.forget(imageId);
     const file = this.getImageFilepath(imageId, 'incomplete');
     try {
       setAttributeSync(file, HITS, '0');
@@ -134,28 +126,16 @@ export class XattrDriver extends Driver {
 
   /** The attributes went with the files; only reads not yet written remain to drop. */
   protected forgetCachedImages(imageIds: readonly string[]): void {
-    for (const id of imageIds) this.pending.delete(id);
+    for (const id of imageIds) this.reads.forget(id);
   }
 
   protected recordAccess(imageId: string, now: number): void {
     if (!this.open) return; // closed while a read was still open
-    const entry = this.pending.get(imageId);
-    if (entry) {
-      entry.hits += 1;
-      entry.lastAccessed = Math.max(entry.lastAccessed, now);
-    } else {
-      this.pending.set(imageId, { hits: 1, lastAccessed: now });
-    }
-    this.flushScheduled ??= setImmediate(() => this.flush());
+    this.reads.add(imageId, now);
   }
 
-  /** Writes the recorded reads to the files' attributes. */
-  flush(): void {
-    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
-    this.flushScheduled = undefined;
-    if (this.pending.size === 0) return;
-    const entries = this.pending;
-    this.pending = new Map();
+  /** Writes recorded reads to the files' attributes. */
+  private writeReads(entries: Map<string, PendingAccess>): void {
     let failed = 0;
     let lastError: unknown;
     for (const [id, access] of entries) {
@@ -193,7 +173,7 @@ export class XattrDriver extends Driver {
 
   async getHitCount(imageId: string): Promise<number> {
     const file = this.getImageFilepath(imageId);
-    this.flush();
+    this.reads.flush();
     // null when the image is not cached (or its file has no count): 0, as Glance says.
     return parseHits(getAttributeSync(file, HITS));
   }
@@ -212,7 +192,7 @@ export class XattrDriver extends Driver {
    * skips reading the counts, which ordering by last access does not need.
    */
   private async scan(withHits: boolean): Promise<CachedImage[]> {
-    this.flush();
+    this.reads.flush();
     const images: CachedImage[] = [];
     let examined = 0;
     for (const id of await this.activeImageIds()) {
