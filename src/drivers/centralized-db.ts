@@ -4,6 +4,7 @@ import { BadDriverConfiguration, InvalidImageId } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { CacheEntry, CachedImage } from '../types.js';
 import { Driver } from './driver.js';
+import { sqliteFileNames } from './sqlite-files.js';
 
 /**
  * Glance's 2024.1 migration (2024_1_expand01_add_cache_tables), as SQLAlchemy
@@ -55,9 +56,6 @@ const SCHEMA_LOCK = "hashtext('image-cache centralized_db schema')";
 const toTimestamp = (param: string): string => `(to_timestamp(${param}::float8) AT TIME ZONE 'UTC')`;
 const epochOf = (column: string): string => `EXTRACT(EPOCH FROM ${column})::float8`;
 
-/** The sqlite driver's files, and the lock file Glance's sqlite driver leaves: a directory switched from sqlite must not list them as images. */
-const SQLITE_SUFFIXES = ['', '-wal', '-shm', '-journal'];
-const GLANCE_INIT_LOCK = 'image_cache_db_init';
 
 /**
  * Our writes do not wait for PostgreSQL's WAL flush: the files are the truth
@@ -182,8 +180,7 @@ export class CentralizedDbDriver extends Driver {
   }
 
   protected async openMetadataStore(): Promise<void> {
-    const sqliteDb = this.options.imageCacheSqliteDb;
-    this.reserved = new Set([...SQLITE_SUFFIXES.map((suffix) => `${sqliteDb}${suffix}`), GLANCE_INIT_LOCK]);
+    this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
     const nodeUrl = this.options.workerSelfReferenceUrl;
     if (typeof nodeUrl !== 'string' || nodeUrl.length === 0) {
       throw new BadDriverConfiguration('centralized_db', 'worker_self_reference_url is not set: each node needs its own URL (e.g. http://cache-1.example.com:9292) to keep its rows apart from the other nodes\'');
