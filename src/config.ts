@@ -126,22 +126,35 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Im
   return optionsFromGlanceSettings(settings);
 }
 
-/** The [DEFAULT] section of an INI file such as glance-api.conf. */
-export function parseIniDefaults(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  let section = '';
+/**
+ * The settings of a glance-api.conf-style INI file that concern the cache:
+ * its [DEFAULT] section, plus [database] connection as database_connection
+ * (where Glance keeps it) unless [DEFAULT] names one itself.
+ */
+export function parseGlanceConfig(text: string): Record<string, string> {
+  const sections = parseIni(text);
+  const out = { ...(sections.get('DEFAULT') ?? {}) };
+  const connection = sections.get('database')?.connection;
+  if (out.database_connection === undefined && connection !== undefined) out.database_connection = connection;
+  return out;
+}
+
+function parseIni(text: string): Map<string, Record<string, string>> {
+  const sections = new Map<string, Record<string, string>>();
+  let current: Record<string, string> | undefined;
   for (const rawLine of text.split(/\r?\n/)) {
     const line = rawLine.trim();
     if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
     const header = /^\[(.+)\]$/.exec(line);
     if (header) {
-      section = header[1]!.trim();
+      const name = header[1]!.trim();
+      current = sections.get(name) ?? {};
+      sections.set(name, current);
       continue;
     }
-    if (section !== 'DEFAULT') continue;
     const eq = line.search(/[=:]/);
-    if (eq <= 0) continue;
-    out[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
+    if (current === undefined || eq <= 0) continue;
+    current[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
   }
-  return out;
+  return sections;
 }

@@ -25,7 +25,7 @@ export {
   resolveOptions,
   optionsFromEnv,
   optionsFromGlanceSettings,
-  parseIniDefaults,
+  parseGlanceConfig,
   type DriverName,
   type ImageCacheOptions,
   type ResolvedOptions,

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { optionsFromEnv, optionsFromGlanceSettings, parseIniDefaults, type ImageCacheOptions } from '../config.js';
+import { optionsFromEnv, optionsFromGlanceSettings, parseGlanceConfig, type ImageCacheOptions } from '../config.js';
 
 /** Flags shared by every command, named after Glance's options. */
 export const GLOBAL_FLAGS = {
@@ -18,7 +18,7 @@ export const GLOBAL_FLAGS = {
 /** Options from, lowest precedence first: the config file's [DEFAULT], the environment, flags. */
 export function loadOptions(flags: Record<string, string | boolean | undefined>): ImageCacheOptions {
   const fromFile = typeof flags['config-file'] === 'string'
-    ? optionsFromGlanceSettings(parseIniDefaults(fs.readFileSync(flags['config-file'], 'utf8')))
+    ? optionsFromGlanceSettings(parseGlanceConfig(fs.readFileSync(flags['config-file'], 'utf8')))
     : {};
   const flagSettings: Record<string, string | undefined> = {};
   for (const [name, value] of Object.entries(flags)) {

@@ -70,7 +70,7 @@ describe('image-cache command line', () => {
     const root = tempDir(t);
     const cacheDir = path.join(root, 'from-conf');
     const conf = path.join(root, 'glance-api.conf');
-    fs.writeFileSync(conf, `[DEFAULT]\nimage_cache_dir = ${cacheDir}\nimage_cache_max_size = 100\n[database]\nimage_cache_dir = /nowhere\n`);
+    fs.writeFileSync(conf, `[DEFAULT]\nimage_cache_dir = ${cacheDir}\nimage_cache_max_size = 100\n[database]\nconnection = sqlite:///glance.sqlite\nimage_cache_dir = /nowhere\n`);
     for (const id of ['a', 'b']) {
       fs.writeFileSync(path.join(root, id), Buffer.alloc(80));
       assert.equal(cli(['cache-file', id, path.join(root, id), '--config-file', conf]).status, 0);
