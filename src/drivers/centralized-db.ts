@@ -1,9 +1,7 @@
-import fs from 'node:fs';
 import pg from 'pg';
 import { BadDriverConfiguration, InvalidImageId } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { CacheEntry, CachedImage } from '../types.js';
-import { Driver } from './driver.js';
+import { RecordStoreDriver, type ImageRecord } from './record-store-driver.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
 /**
@@ -80,13 +78,6 @@ const NODE_URL_MAX = 255;
 const WRITE_ATTEMPTS = 3;
 const RETRYABLE = new Set(['40P01', '40001']);
 
-interface Row {
-  image_id: string;
-  hits: number;
-  last_accessed: number;
-  last_modified: number;
-  size: number;
-}
 
 interface PendingAccess {
   hits: number;
@@ -156,7 +147,7 @@ const SQL = {
  * loop (while one is in flight, later reads gather for the next); every query
  * flushes them first.
  */
-export class CentralizedDbDriver extends Driver {
+export class CentralizedDbDriver extends RecordStoreDriver {
   readonly name = 'centralized_db' as const;
   private pool: pg.Pool | undefined;
   private nodeId = '';
@@ -295,38 +286,12 @@ export class CentralizedDbDriver extends Driver {
     }
   }
 
-  async getCachedImages(): Promise<CachedImage[]> {
-    await this.flush();
-    const rows = await this.reconciled(await this.allRows());
-    rows.sort((a, b) => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
-    return rows.map((row) => ({
-      imageId: row.image_id,
-      hits: row.hits,
-      lastModified: row.last_modified,
-      lastAccessed: row.last_accessed,
-      size: row.size,
-    }));
-  }
-
-  async getCacheSize(): Promise<number> {
-    let total = 0;
-    for (const row of await this.reconciled(await this.allRows())) total += row.size;
-    return total;
-  }
-
   async getHitCount(imageId: string): Promise<number> {
     this.validate(imageId);
     if (!(await this.isCached(imageId))) return 0;
     await this.flush();
     const result = await this.db().query<{ hits: number }>({ ...SQL.hits, values: [this.nodeId, imageId] });
     return result.rows[0]?.hits ?? 0;
-  }
-
-  async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
-    await this.flush();
-    const rows = await this.reconciled(await this.allRows());
-    rows.sort((a, b) => a.last_accessed - b.last_accessed || (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
-    return rows.map((row) => ({ imageId: row.image_id, size: row.size }));
   }
 
   /**
@@ -343,46 +308,28 @@ export class CentralizedDbDriver extends Driver {
     return [...urls].sort();
   }
 
-  private async allRows(): Promise<Row[]> {
-    const result = await this.db().query<Row>({ ...SQL.all, values: [this.nodeId] });
+  protected flushReads(): Promise<void> {
+    return this.flush();
+  }
+
+  protected async loadRecords(): Promise<ImageRecord[]> {
+    const result = await this.db().query<ImageRecord>({ ...SQL.all, values: [this.nodeId] });
     // BIGINT arrives as a string (it may exceed 2^53); an image size does not.
     for (const row of result.rows) row.size = Number(row.size);
     return result.rows;
   }
 
-  /**
-   * The rows whose active file exists, plus a row for every active file that
-   * has none, as the sqlite driver does: files vanish behind our back, and
-   * files appear without a record (Glance renames before it records, so a
-   * crash in between leaves one; a directory switched from another driver has
-   * no records here at all). Those are recorded from what stat() says, with
-   * their mtime as last access, so they are listed, counted and pruned.
-   */
-  private async reconciled(rows: Row[]): Promise<Row[]> {
-    const present = await this.activeImageIds();
-    const kept = rows.filter((row) => present.delete(row.image_id));
-    if (present.size === 0) return kept;
-    const found = new Map<string, Row>();
-    for (const id of present) {
-      const st = fs.statSync(this.getImageFilepath(id), { throwIfNoEntry: false });
-      if (st === undefined || !st.isFile()) continue;
-      const time = st.mtimeMs / 1000;
-      found.set(id, { image_id: id, hits: 0, last_accessed: time, last_modified: time, size: st.size });
-    }
+  protected async adoptRecords(found: ImageRecord[]): Promise<ImageRecord[]> {
     // A name too long for a table Glance created cannot be recorded; it is still listed, counted and pruned.
-    const recordable = [...found.values()].filter((row) => row.image_id.length <= this.imageIdLimit);
-    let adopted = 0;
-    if (recordable.length > 0) {
-      const inserted = await this.db().query<Row>({
-        ...SQL.adopt,
-        values: [this.nodeId, recordable.map((r) => r.image_id), recordable.map((r) => r.last_modified), recordable.map((r) => r.size)],
-      });
-      // What the database holds (times rounded to microseconds), so that the next listing says the same.
-      for (const row of inserted.rows) found.set(row.image_id, { ...row, size: Number(row.size) });
-      adopted = inserted.rows.length;
-    }
-    this.log.warn({ driver: this.name, adopted, unrecordable: found.size - recordable.length }, 'recorded cached image files that had no record');
-    return kept.concat([...found.values()]);
+    const recordable = found.filter((r) => r.image_id.length <= this.imageIdLimit);
+    if (recordable.length === 0) return found;
+    const inserted = await this.db().query<ImageRecord>({
+      ...SQL.adopt,
+      values: [this.nodeId, recordable.map((r) => r.image_id), recordable.map((r) => r.last_modified), recordable.map((r) => r.size)],
+    });
+    // What the database holds (times rounded to microseconds), so that the next listing says the same.
+    const stored = new Map(inserted.rows.map((row) => [row.image_id, { ...row, size: Number(row.size) }]));
+    return found.map((r) => stored.get(r.image_id) ?? r);
   }
 
   /** Runs a batched write, again if it lost a deadlock against another process's batch. */

@@ -1,10 +1,8 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { BadDriverConfiguration } from '../errors.js';
-import type { CacheEntry, CachedImage } from '../types.js';
 import { AccessBatch, type PendingAccess } from './access-batch.js';
-import { Driver } from './driver.js';
+import { RecordStoreDriver, type ImageRecord } from './record-store-driver.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
 /** Glance's table, column for column, so either side can read the other's cache.db. */
@@ -26,13 +24,6 @@ const WAL_AUTOCHECKPOINT_PAGES = 10_000;
 /** How long a statement waits on a database another process holds, in ms. */
 const BUSY_TIMEOUT_MS = 10_000;
 
-interface Row {
-  image_id: string;
-  hits: number;
-  last_accessed: number;
-  last_modified: number;
-  size: number;
-}
 
 /**
  * The embedded default driver: metadata in <image_cache_dir>/cache.db.
@@ -45,7 +36,7 @@ interface Row {
  * Reads are recorded in memory and written in one transaction per turn of
  * the event loop; every query flushes them first.
  */
-export class SqliteDriver extends Driver {
+export class SqliteDriver extends RecordStoreDriver {
   readonly name = 'sqlite' as const;
   private db: Database.Database | undefined;
   private reserved: ReadonlySet<string> = new Set();
@@ -94,7 +85,7 @@ export class SqliteDriver extends Driver {
         'INSERT OR REPLACE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
       ),
       forget,
-      adoptMany: db.transaction((rows: readonly Row[]) => {
+      adoptMany: db.transaction((rows: readonly ImageRecord[]) => {
         for (const row of rows) adopt.run(row.image_id, row.last_accessed, row.last_modified, row.size);
       }),
       forgetMany: db.transaction((ids: readonly string[]) => {
@@ -103,9 +94,8 @@ export class SqliteDriver extends Driver {
       applyAccesses: db.transaction((entries: Array<[string, PendingAccess]>) => {
         for (const [id, access] of entries) recordAccess.run(access.hits, access.lastAccessed, id);
       }),
-      all: db.prepare<[], Row>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images ORDER BY image_id'),
-      byAccess: db.prepare<[], Row>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images ORDER BY last_accessed'),
-      hits: db.prepare<[string], Pick<Row, 'hits'>>('SELECT hits FROM cached_images WHERE image_id = ?'),
+      all: db.prepare<[], ImageRecord>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images'),
+      hits: db.prepare<[string], Pick<ImageRecord, 'hits'>>('SELECT hits FROM cached_images WHERE image_id = ?'),
     };
   }
 
@@ -150,25 +140,6 @@ export class SqliteDriver extends Driver {
     }
   }
 
-  async getCachedImages(): Promise<CachedImage[]> {
-    this.reads.flush();
-    const rows = await this.reconciled(this.sql().all.all());
-    rows.sort((a, b) => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
-    return rows.map((row) => ({
-      imageId: row.image_id,
-      hits: row.hits,
-      lastModified: row.last_modified,
-      lastAccessed: row.last_accessed,
-      size: row.size,
-    }));
-  }
-
-  async getCacheSize(): Promise<number> {
-    let total = 0;
-    for (const row of await this.reconciled(this.sql().all.all())) total += row.size;
-    return total;
-  }
-
   async getHitCount(imageId: string): Promise<number> {
     this.validate(imageId);
     if (!(await this.isCached(imageId))) return 0;
@@ -176,35 +147,17 @@ export class SqliteDriver extends Driver {
     return this.sql().hits.get(imageId)?.hits ?? 0;
   }
 
-  async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
+  protected flushReads(): void {
     this.reads.flush();
-    const rows = await this.reconciled(this.sql().byAccess.all());
-    rows.sort((a, b) => a.last_accessed - b.last_accessed);
-    return rows.map((row) => ({ imageId: row.image_id, size: row.size }));
   }
 
-  /**
-   * The rows whose active file exists, plus a row for every active file that
-   * has none. Files vanish behind our back (an operator, another tool), and
-   * files appear without a record (Glance renames before it records, so a
-   * crash in between leaves one; a directory switched from the xattr driver
-   * has no records at all): those are recorded here from what stat() says,
-   * with their mtime as last access, so they are listed, counted and pruned.
-   */
-  private async reconciled(rows: Row[]): Promise<Row[]> {
-    const present = await this.activeImageIds();
-    const kept = rows.filter((row) => present.delete(row.image_id));
-    if (present.size === 0) return kept;
-    const adopted: Row[] = [];
-    for (const id of present) {
-      const st = fs.statSync(this.getImageFilepath(id), { throwIfNoEntry: false });
-      if (st === undefined || !st.isFile()) continue;
-      const time = st.mtimeMs / 1000;
-      adopted.push({ image_id: id, hits: 0, last_accessed: time, last_modified: time, size: st.size });
-    }
-    this.sql().adoptMany.immediate(adopted);
-    this.log.warn({ driver: this.name, adopted: adopted.length }, 'recorded cached image files that had no record');
-    return kept.concat(adopted);
+  protected loadRecords(): ImageRecord[] {
+    return this.sql().all.all();
+  }
+
+  protected adoptRecords(found: ImageRecord[]): ImageRecord[] {
+    this.sql().adoptMany.immediate(found);
+    return found;
   }
 
   private sql(): NonNullable<SqliteDriver['statements']> {
