@@ -55,11 +55,11 @@ export class ImageCache {
     const entries = await this.driver.listLeastRecentlyAccessed();
     let current = 0;
     for (const entry of entries) current += entry.size;
-    const victims: CacheEntry[] = [];
+    const victims: string[] = [];
     let totalBytesPruned = 0;
     for (const entry of entries) {
       if (current <= maxSize) break;
-      victims.push(entry);
+      victims.push(entry.imageId);
       current -= entry.size;
       totalBytesPruned += entry.size;
     }
