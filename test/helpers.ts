@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Stream } from 'node:stream';
+import type { TestContext } from 'node:test';
+import type { ImageCache } from '../src/index.js';
 
 /** Glance's test fixture: 1024 bytes of '*'. */
 export const FIXTURE_DATA: Buffer = Buffer.alloc(1024, '*');
@@ -89,4 +91,23 @@ export async function waitUntil(condition: () => boolean, timeoutMs = 2000): Pro
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
     await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/** A temporary directory removed after the test; caches registered with `track` are closed first. */
+export function tempRoot(t: TestContext, prefix: string): { root: string; track: (cache: ImageCache) => ImageCache } {
+  const root = makeTempDir(prefix);
+  const caches: ImageCache[] = [];
+  t.after(async () => {
+    for (const cache of caches) await cache.close();
+    removeDir(root);
+  });
+  return { root, track: (cache) => (caches.push(cache), cache) };
+}
+
+/** Reads a cached image to the end and waits for the stream to close (hits are recorded on close). */
+export async function readAll(cache: ImageCache, imageId: string): Promise<Buffer> {
+  const stream = await cache.openForRead(imageId);
+  const data = await collect(stream);
+  await waitForClose(stream);
+  return data;
 }

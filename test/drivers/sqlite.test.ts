@@ -8,10 +8,10 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { ImageCache, silentLogger, type DriverName, type ImageCacheOptions } from '../../src/index.js';
-import { collect, makeTempDir, patternedBytes, removeDir, waitForClose } from '../helpers.js';
+import { patternedBytes, readAll, tempRoot } from '../helpers.js';
 import { runConformanceSuite } from './conformance.js';
 
 runConformanceSuite('sqlite', () => ({}), { cachedNodes: false });
@@ -29,27 +29,11 @@ const GLANCE_SCHEMA = `CREATE TABLE IF NOT EXISTS cached_images (
 const INVALID_IMAGE_ID = { code: 'ERR_INVALID_IMAGE_ID' };
 const BAD_DRIVER_CONFIGURATION = { code: 'ERR_BAD_DRIVER_CONFIGURATION', name: 'BadDriverConfiguration' };
 
-/** A temporary directory removed after the test; caches registered with `track` are closed first. */
-function tempRoot(t: TestContext): { root: string; track: (cache: ImageCache) => ImageCache } {
-  const root = makeTempDir('image-cache-sqlite-');
-  const caches: ImageCache[] = [];
-  t.after(async () => {
-    for (const cache of caches) await cache.close();
-    removeDir(root);
-  });
-  return { root, track: (cache) => (caches.push(cache), cache) };
-}
 
 async function createCache(dir: string, more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> {
   return ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'sqlite', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more });
 }
 
-async function readAll(cache: ImageCache, imageId: string): Promise<Buffer> {
-  const stream = await cache.openForRead(imageId);
-  const data = await collect(stream);
-  await waitForClose(stream);
-  return data;
-}
 
 function journalMode(dbPath: string): string {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });
@@ -62,7 +46,7 @@ function journalMode(dbPath: string): string {
 
 describe('sqlite driver', () => {
   it('adopts a cache directory written by Glance: lists its images with their hits and times, reads and prunes them', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'glance-cache');
     for (const sub of ['', 'incomplete', 'invalid', 'queue']) fs.mkdirSync(path.join(dir, sub), { recursive: true });
     const images: Record<string, { data: Buffer; hits: number; lastAccessed: number; lastModified: number }> = {
@@ -111,7 +95,7 @@ describe('sqlite driver', () => {
   });
 
   it('leaves a directory Glance can read: Glance\'s query and directory listing see our images, and no WAL files remain after close', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     assert.equal(await cache.cacheImageFile('img-1', (async function* () { yield patternedBytes(1000); })()), true);
@@ -153,7 +137,7 @@ print(json.dumps({"rows": rows, "files": files, "journal_mode": mode}))
   });
 
   it('Glance\'s own sqlite driver (Debian python3-glance) reads a directory we wrote, and we read what it then writes', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     await cache.cacheImageFile('img-1', Readable.from([Buffer.alloc(1000, 1)]));
@@ -200,7 +184,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('keeps the database in WAL mode while open, back in rollback-journal (delete) mode after close, with an index on last_accessed', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const dbPath = path.join(dir, 'cache.db');
     const cache = track(await createCache(dir));
@@ -227,7 +211,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('with two caches open on one directory, the database stays usable until the last one closes, which leaves no WAL files', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const dbPath = path.join(dir, 'cache.db');
     const first = track(await createCache(dir));
@@ -245,7 +229,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('rejects the database\'s own file names as image IDs, and never lists or deletes them as images', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     for (const id of ['cache.db', 'cache.db-wal', 'cache.db-shm', 'cache.db-journal']) {
@@ -266,7 +250,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('with image_cache_sqlite_db set, that file name (not cache.db) is reserved', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir, { imageCacheSqliteDb: 'meta.sqlite' }));
     assert.equal(fs.existsSync(path.join(dir, 'meta.sqlite')), true);
@@ -276,7 +260,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('an unknown driver name is rejected with InvalidOption', async (t) => {
-    const { root } = tempRoot(t);
+    const { root } = tempRoot(t, 'image-cache-sqlite-');
     await assert.rejects(
       ImageCache.create({ imageCacheDir: path.join(root, 'cache'), imageCacheDriver: 'memcached' as DriverName, logger: silentLogger }),
       { code: 'ERR_INVALID_OPTION', name: 'InvalidOption' },
@@ -293,7 +277,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('an image_cache_dir that cannot be created or written is a BadDriverConfiguration', async (t) => {
-    const { root } = tempRoot(t);
+    const { root } = tempRoot(t, 'image-cache-sqlite-');
     const file = path.join(root, 'a-regular-file');
     fs.writeFileSync(file, 'not a directory');
     // Beneath a regular file (ENOTDIR, whatever the user's privileges) and a regular file itself.
@@ -303,7 +287,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
   });
 
   it('a cache.db that is not a SQLite database is a BadDriverConfiguration, and is left untouched', async (t) => {
-    const { root } = tempRoot(t);
+    const { root } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     fs.mkdirSync(dir);
     const garbage = Buffer.from('this is certainly not a SQLite database file, just some garbage bytes '.repeat(20));

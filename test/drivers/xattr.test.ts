@@ -8,26 +8,16 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr';
 import { ImageCache, XattrDriver, resolveOptions, silentLogger, type ImageCacheOptions } from '../../src/index.js';
-import { collect, makeTempDir, patternedBytes, removeDir, waitForClose } from '../helpers.js';
+import { collect, makeTempDir, patternedBytes, readAll, removeDir, tempRoot, waitForClose } from '../helpers.js';
 import { runConformanceSuite } from './conformance.js';
 
 runConformanceSuite('xattr', () => ({}), { cachedNodes: false });
 
 const INVALID_IMAGE_ID = { code: 'ERR_INVALID_IMAGE_ID' };
 
-/** A temporary directory removed after the test; caches registered with `track` are closed first. */
-function tempRoot(t: TestContext): { root: string; track: (cache: ImageCache) => ImageCache } {
-  const root = makeTempDir('image-cache-xattr-');
-  const caches: ImageCache[] = [];
-  t.after(async () => {
-    for (const cache of caches) await cache.close();
-    removeDir(root);
-  });
-  return { root, track: (cache) => (caches.push(cache), cache) };
-}
 
 async function createCache(dir: string, more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> {
   const cache = await ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'xattr', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more });
@@ -39,12 +29,6 @@ async function put(cache: ImageCache, imageId: string, data: Buffer): Promise<vo
   assert.equal(await cache.cacheImageFile(imageId, (async function* () { yield data; })()), true, `caching ${imageId}`);
 }
 
-async function readAll(cache: ImageCache, imageId: string): Promise<Buffer> {
-  const stream = await cache.openForRead(imageId);
-  const data = await collect(stream);
-  await waitForClose(stream);
-  return data;
-}
 
 function attribute(file: string, name: string): string | undefined {
   return getAttributeSync(file, name)?.toString('utf8');
@@ -59,7 +43,7 @@ function writeGlanceFile(file: string, data: Buffer, hits: number | undefined, a
 
 describe('xattr driver', () => {
   it('keeps hits in user.hits as str(int) and the last access in user.last_accessed, on the active file', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-xattr-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     const before = Date.now() / 1000;
@@ -83,7 +67,7 @@ describe('xattr driver', () => {
   });
 
   it('lists a file Glance wrote (user.hits only) with its hits and atime as last access, orders and prunes it by atime, and counts its reads on', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-xattr-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir, { imageCacheMaxSize: 2048 }));
     await put(cache, 'ours', Buffer.alloc(1024, 'o'));
@@ -121,7 +105,7 @@ describe('xattr driver', () => {
   });
 
   it('counts every one of many concurrent reads of one image', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-xattr-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     const data = patternedBytes(2048);
@@ -144,7 +128,7 @@ describe('xattr driver', () => {
   });
 
   it('leaves attributes Python (and so Glance) reads with os.getxattr, and reads the counts Python writes', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-xattr-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     await put(cache, 'img-1', Buffer.from('one'));
@@ -174,7 +158,7 @@ print(json.dumps(out))
   });
 
   it('interoperates with Glance\'s own xattr driver: it lists our images and counts, its reads and writes are seen by us', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-xattr-');
     const dir = path.join(root, 'cache');
     const cache = track(await createCache(dir));
     await put(cache, 'img-1', patternedBytes(1000));
@@ -220,7 +204,7 @@ print(json.dumps({"before": before, "read": len(data), "hits": driver.get_hit_co
   });
 
   it('does not take the sqlite driver\'s database, left in the directory, for an image', async (t) => {
-    const { root, track } = tempRoot(t);
+    const { root, track } = tempRoot(t, 'image-cache-xattr-');
     const dir = path.join(root, 'cache');
     const sqlite = await createCache(dir, { imageCacheDriver: 'sqlite' });
     await put(sqlite, 'img-1', Buffer.from('one'));
