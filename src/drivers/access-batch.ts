@@ -5,17 +5,18 @@ export interface PendingAccess {
 }
 
 /**
- * Reads recorded in memory and handed to `write` together, once per turn of
- * the event loop: one transaction (or one pass over the files) for however
- * many reads closed meanwhile, instead of one per read. A driver calls
- * flush() before each of its queries, so that what it reports already
- * includes every read it was told of.
+ * Reads recorded in memory and written together, once per turn of the event
+ * loop: one transaction (or one pass over the files) for however many reads
+ * closed meanwhile, instead of one per read. `onDue` runs on that turn and
+ * writes what take() hands it; a driver also takes and writes before each of
+ * its queries, so that what it reports already includes every read it was
+ * told of.
  */
 export class AccessBatch {
   private pending = new Map<string, PendingAccess>();
   private scheduled: NodeJS.Immediate | undefined;
 
-  constructor(private readonly write: (entries: Map<string, PendingAccess>) => void | Promise<void>) {}
+  constructor(private readonly onDue: () => void) {}
 
   add(imageId: string, now: number): void {
     const entry = this.pending.get(imageId);
@@ -25,7 +26,10 @@ export class AccessBatch {
     } else {
       this.pending.set(imageId, { hits: 1, lastAccessed: now });
     }
-    this.scheduled ??= setImmediate(() => void this.flush());
+    this.scheduled ??= setImmediate(() => {
+      this.scheduled = undefined;
+      this.onDue();
+    });
   }
 
   /** Drops the reads of an image whose record is being replaced or removed. */
@@ -33,12 +37,13 @@ export class AccessBatch {
     this.pending.delete(imageId);
   }
 
-  flush(): void | Promise<void> {
+  /** The reads recorded so far, now the caller's to write; undefined when there are none. */
+  take(): Map<string, PendingAccess> | undefined {
     if (this.scheduled !== undefined) clearImmediate(this.scheduled);
     this.scheduled = undefined;
-    if (this.pending.size === 0) return;
+    if (this.pending.size === 0) return undefined;
     const entries = this.pending;
     this.pending = new Map();
-    return this.write(entries);
+    return entries;
   }
 }

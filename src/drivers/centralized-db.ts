@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { BadDriverConfiguration, InvalidImageId } from '../errors.js';
 import type { Logger } from '../log.js';
+import { AccessBatch } from './access-batch.js';
 import { RecordStoreDriver, type ImageRecord } from './record-store-driver.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
@@ -79,11 +80,6 @@ const WRITE_ATTEMPTS = 3;
 const RETRYABLE = new Set(['40P01', '40001']);
 
 
-interface PendingAccess {
-  hits: number;
-  lastAccessed: number;
-}
-
 const ROW_COLUMNS = `image_id, hits, ${epochOf('last_accessed')} AS last_accessed, ${epochOf('last_modified')} AS last_modified, size`;
 
 /**
@@ -154,8 +150,7 @@ export class CentralizedDbDriver extends RecordStoreDriver {
   private nodeUrl = '';
   private imageIdLimit = Infinity;
   private reserved: ReadonlySet<string> = new Set();
-  private pending = new Map<string, PendingAccess>();
-  private flushScheduled: NodeJS.Immediate | undefined;
+  private readonly reads = new AccessBatch(() => void this.flush());
   /** Writes the pending reads until none are left; shared by everyone who flushes meanwhile. */
   private draining: Promise<void> | undefined;
   /** The UPDATE being run right now, if any. */
@@ -233,14 +228,14 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       throw new InvalidImageId(imageId, `longer than the ${this.imageIdLimit} characters the cached_images.image_id column holds`);
     }
     // Reads of an earlier copy of this image must not count toward the new one.
-    this.pending.delete(imageId);
+    this.reads.forget(imageId);
     await this.inFlight;
     await this.db().query({ ...SQL.record, values: [this.nodeId, imageId, now, size] });
   }
 
   protected async forgetCachedImages(imageIds: readonly string[]): Promise<void> {
     if (imageIds.length === 0) return;
-    for (const id of imageIds) this.pending.delete(id);
+    for (const id of imageIds) this.reads.forget(id);
     await this.inFlight;
     // Sorted, so that batches of several processes lock rows in the same order.
     await this.write(SQL.forget, [this.nodeId, [...imageIds].sort()]);
@@ -248,20 +243,11 @@ export class CentralizedDbDriver extends RecordStoreDriver {
 
   protected recordAccess(imageId: string, now: number): void {
     if (this.pool === undefined) return; // closed while a read was still open
-    const entry = this.pending.get(imageId);
-    if (entry) {
-      entry.hits += 1;
-      entry.lastAccessed = Math.max(entry.lastAccessed, now);
-    } else {
-      this.pending.set(imageId, { hits: 1, lastAccessed: now });
-    }
-    this.flushScheduled ??= setImmediate(() => void this.flush());
+    this.reads.add(imageId, now);
   }
 
   /** Writes the recorded reads; resolves once every read recorded before the call is in the database. */
   flush(): Promise<void> {
-    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
-    this.flushScheduled = undefined;
     this.draining ??= this.drain().finally(() => {
       this.draining = undefined;
     });
@@ -269,9 +255,8 @@ export class CentralizedDbDriver extends RecordStoreDriver {
   }
 
   private async drain(): Promise<void> {
-    while (this.pending.size > 0 && this.pool !== undefined) {
-      const entries = [...this.pending].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-      this.pending = new Map();
+    for (let taken = this.reads.take(); taken !== undefined && this.pool !== undefined; taken = this.reads.take()) {
+      const entries = [...taken].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
       this.inFlight = this.write(SQL.applyAccesses, [
         this.nodeId,
         entries.map(([id]) => id),

@@ -41,7 +41,7 @@ export class SqliteDriver extends RecordStoreDriver {
   private db: Database.Database | undefined;
   private reserved: ReadonlySet<string> = new Set();
   private statements: ReturnType<SqliteDriver['prepare']> | undefined;
-  private readonly reads = new AccessBatch((entries) => this.writeReads(entries));
+  private readonly reads = new AccessBatch(() => this.flushReads());
 
   get dbPath(): string {
     return path.join(this.baseDir, this.options.imageCacheSqliteDb);
@@ -102,7 +102,7 @@ export class SqliteDriver extends RecordStoreDriver {
   protected async closeMetadataStore(): Promise<void> {
     const db = this.db;
     if (db === undefined) return;
-    this.reads.flush();
+    this.flushReads();
     this.db = undefined;
     this.statements = undefined;
     try {
@@ -143,12 +143,14 @@ export class SqliteDriver extends RecordStoreDriver {
   async getHitCount(imageId: string): Promise<number> {
     this.validate(imageId);
     if (!(await this.isCached(imageId))) return 0;
-    this.reads.flush();
+    this.flushReads();
     return this.sql().hits.get(imageId)?.hits ?? 0;
   }
 
+  /** Writes the reads recorded so far. */
   protected flushReads(): void {
-    this.reads.flush();
+    const entries = this.reads.take();
+    if (entries !== undefined) this.writeReads(entries);
   }
 
   protected loadRecords(): ImageRecord[] {

@@ -49,7 +49,7 @@ export class XattrDriver extends Driver {
   readonly name = 'xattr' as const;
   private reserved: ReadonlySet<string> = new Set();
   private open = false;
-  private readonly reads = new AccessBatch((entries) => this.writeReads(entries));
+  private readonly reads = new AccessBatch(() => this.flushReads());
 
   protected override reservedNames(): ReadonlySet<string> {
     return this.reserved;
@@ -103,7 +103,7 @@ export class XattrDriver extends Driver {
   }
 
   protected async closeMetadataStore(): Promise<void> {
-    this.reads.flush();
+    this.flushReads();
     this.open = false;
   }
 
@@ -132,6 +132,12 @@ export class XattrDriver extends Driver {
   protected recordAccess(imageId: string, now: number): void {
     if (!this.open) return; // closed while a read was still open
     this.reads.add(imageId, now);
+  }
+
+  /** Writes the reads recorded so far. */
+  private flushReads(): void {
+    const entries = this.reads.take();
+    if (entries !== undefined) this.writeReads(entries);
   }
 
   /** Writes recorded reads to the files' attributes. */
@@ -173,7 +179,7 @@ export class XattrDriver extends Driver {
 
   async getHitCount(imageId: string): Promise<number> {
     const file = this.getImageFilepath(imageId);
-    this.reads.flush();
+    this.flushReads();
     // null when the image is not cached (or its file has no count): 0, as Glance says.
     return parseHits(getAttributeSync(file, HITS));
   }
@@ -192,7 +198,7 @@ export class XattrDriver extends Driver {
    * skips reading the counts, which ordering by last access does not need.
    */
   private async scan(withHits: boolean): Promise<CachedImage[]> {
-    this.reads.flush();
+    this.flushReads();
     const images: CachedImage[] = [];
     let examined = 0;
     for (const id of await this.activeImageIds()) {
