@@ -1,4 +1,5 @@
 import { InvalidOption } from './errors.js';
+import type { CacheIo } from './fs/io.js';
 import type { Logger } from './log.js';
 
 export const DRIVER_NAMES = ['sqlite', 'xattr', 'centralized_db'] as const;
@@ -20,12 +21,12 @@ export interface ImageCacheOptions {
   workerSelfReferenceUrl?: string;
   /** database_connection: PostgreSQL URL (centralized_db). */
   databaseConnection?: string;
-  /**
-   * Seconds without a heartbeat after which an incomplete/<id> file is taken to
-   * belong to a dead writer, so that a new writer may claim the image (default 60).
-   */
-  writerLeaseSeconds?: number;
   logger?: Logger;
+  /**
+   * The fsync and rename calls of the write path. For tests that need a slow
+   * or failing disk, or to act between two steps of a commit; the default is the real system calls.
+   */
+  io?: CacheIo;
 }
 
 export interface ResolvedOptions {
@@ -36,16 +37,20 @@ export interface ResolvedOptions {
   imageCacheSqliteDb: string;
   workerSelfReferenceUrl: string | undefined;
   databaseConnection: string | undefined;
-  writerLeaseSeconds: number;
   logger: Logger | undefined;
+  io: CacheIo | undefined;
 }
+
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  'imageCacheDir', 'imageCacheDriver', 'imageCacheMaxSize', 'imageCacheStallTime', 'imageCacheSqliteDb',
+  'workerSelfReferenceUrl', 'databaseConnection', 'logger', 'io',
+] satisfies Array<keyof ImageCacheOptions>);
 
 export const DEFAULTS = {
   imageCacheDriver: 'sqlite' as DriverName,
   imageCacheMaxSize: 10 * 1024 ** 3,
   imageCacheStallTime: 86_400,
   imageCacheSqliteDb: 'cache.db',
-  writerLeaseSeconds: 60,
 };
 
 /**
@@ -55,6 +60,12 @@ export const DEFAULTS = {
  */
 export function resolveOptions(options: ImageCacheOptions): ResolvedOptions {
   if (options === null || typeof options !== 'object') throw new InvalidOption('options', 'must be an object');
+  for (const key of Object.keys(options)) {
+    if (key === 'writerLeaseSeconds') {
+      throw new InvalidOption(key, 'is gone: a writer\'s claim on an image is now a file lock that dies with its process, so there is no lease to set');
+    }
+    if (!OPTION_NAMES.has(key)) throw new InvalidOption(key, `is not an option of the image cache (options: ${[...OPTION_NAMES].join(', ')})`);
+  }
   const driver = options.imageCacheDriver ?? DEFAULTS.imageCacheDriver;
   if (!DRIVER_NAMES.includes(driver)) {
     throw new InvalidOption('image_cache_driver', `must be one of ${DRIVER_NAMES.join(', ')}, not ${JSON.stringify(driver)}`);
@@ -71,8 +82,8 @@ export function resolveOptions(options: ImageCacheOptions): ResolvedOptions {
     imageCacheSqliteDb: sqliteDb,
     workerSelfReferenceUrl: options.workerSelfReferenceUrl,
     databaseConnection: options.databaseConnection,
-    writerLeaseSeconds: positive('writer_lease_seconds', options.writerLeaseSeconds, DEFAULTS.writerLeaseSeconds),
     logger: options.logger,
+    io: options.io,
   };
 }
 
@@ -82,12 +93,6 @@ function nonNegative(name: string, value: number | undefined, fallback: number):
     throw new InvalidOption(name, `must be a number >= 0, not ${JSON.stringify(value)}`);
   }
   return value;
-}
-
-function positive(name: string, value: number | undefined, fallback: number): number {
-  const n = nonNegative(name, value, fallback);
-  if (n === 0) throw new InvalidOption(name, 'must be greater than 0');
-  return n;
 }
 
 /** Glance's option names (snake_case, as in glance-api.conf) mapped to ours. */

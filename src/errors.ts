@@ -48,6 +48,35 @@ export class ImageBeingCached extends ImageCacheError {
   }
 }
 
+/** openForWrite on an image that is cached already: cached bytes are never replaced under their readers. */
+export class ImageAlreadyCached extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string) {
+    super('ERR_IMAGE_ALREADY_CACHED', `Image '${imageId}' is already cached; read it, or delete it before caching it again`);
+    this.imageId = imageId;
+  }
+}
+
+/**
+ * A writer's incomplete file was removed or replaced by a process that does
+ * not take the claim's lock (an operator, Glance's own cleaner): what is there
+ * now is not what the writer wrote, so it is not published.
+ */
+export class ClaimLost extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string, what: string) {
+    super('ERR_CLAIM_LOST', `The incomplete file of image '${imageId}' ${what} by a process outside the cache while it was being written; nothing was published`);
+    this.imageId = imageId;
+  }
+}
+
+/** The cache was closed: nothing more is published or recorded through it. */
+export class CacheClosed extends ImageCacheError {
+  constructor(operation: string) {
+    super('ERR_CACHE_CLOSED', `Cannot ${operation}: the image cache is closed`);
+  }
+}
+
 /** openForRead / getImageSize on an image that has no active file. */
 export class ImageNotCached extends ImageCacheError {
   readonly imageId: string;

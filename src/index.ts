@@ -6,13 +6,17 @@ export { SqliteDriver } from './drivers/sqlite.js';
 export { XattrDriver } from './drivers/xattr.js';
 export { CentralizedDbDriver } from './drivers/centralized-db.js';
 export { createDriver } from './drivers/registry.js';
-export { CacheWriter } from './fs/cache-writer.js';
+export { CacheWriter, abandonedWriterChannel, type CommitMetadata, type PendingRecord } from './fs/cache-writer.js';
+export { systemIo, type CacheIo } from './fs/io.js';
 export {
   ImageCacheError,
   BadDriverConfiguration,
   InvalidImageId,
   NotSupported,
   ImageBeingCached,
+  ImageAlreadyCached,
+  ClaimLost,
+  CacheClosed,
   ImageNotCached,
   RangeNotSatisfiable,
   ChecksumMismatch,
@@ -31,4 +35,4 @@ export {
   type ResolvedOptions,
 } from './config.js';
 export { createLogger, silentLogger, type Logger, type LogLevel } from './log.js';
-export type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, ExpectedChecksum, PruneResult } from './types.js';
+export type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanReport, CleanResult, ExpectedChecksum, PruneResult, VerifyResult } from './types.js';

@@ -28,6 +28,7 @@ export interface ByteRange {
  */
 export type ExpectedChecksum = string | { checksum?: string | null; osHashAlgo?: string | null; osHashValue?: string | null };
 
+/** What clean() removed: files in invalid/, and abandoned files in incomplete/. */
 export interface CleanResult {
   invalid: number;
   stalled: number;
@@ -37,3 +38,21 @@ export interface PruneResult {
   totalFilesPruned: number;
   totalBytesPruned: number;
 }
+
+/**
+ * What verify() repaired, step by step (cacache's verify() is the model):
+ * metadata and files brought back into agreement, each fix counted.
+ */
+export interface VerifyResult {
+  /** Records of images whose file is gone (Glance's tools and other nodes would see phantom images). */
+  recordsDropped: number;
+  /** Active files that had no record (or, for xattr, no attributes): recorded from their stat, hits 0. */
+  filesAdopted: number;
+  /** Records whose size disagreed with their file's. */
+  sizesCorrected: number;
+  /** Queue markers of images that are cached already (prefetch would report them forever). */
+  queueMarkersDropped: number;
+}
+
+/** The cleaner's whole pass: clean() and then verify(). */
+export type CleanReport = CleanResult & VerifyResult;

@@ -27,7 +27,9 @@ describe('configuration', () => {
     assert.throws(() => resolveOptions({ imageCacheDir: '/x', imageCacheMaxSize: -1 }), { code: 'ERR_INVALID_OPTION', option: 'image_cache_max_size' });
     assert.throws(() => resolveOptions({ imageCacheDir: '/x', imageCacheDriver: 'redis' as never }), { code: 'ERR_INVALID_OPTION', option: 'image_cache_driver' });
     assert.throws(() => resolveOptions({ imageCacheDir: '/x', imageCacheSqliteDb: '../cache.db' }), { code: 'ERR_INVALID_OPTION', option: 'image_cache_sqlite_db' });
-    assert.throws(() => resolveOptions({ imageCacheDir: '/x', writerLeaseSeconds: 0 }), { code: 'ERR_INVALID_OPTION', option: 'writer_lease_seconds' });
+    assert.throws(() => resolveOptions({ imageCacheDir: '/x', imageCacheMaxSzie: 10 } as never), { code: 'ERR_INVALID_OPTION', option: 'imageCacheMaxSzie', message: /not an option/ });
+    // Gone since claims became file locks: said so, not silently ignored.
+    assert.throws(() => resolveOptions({ imageCacheDir: '/x', writerLeaseSeconds: 60 } as never), { code: 'ERR_INVALID_OPTION', option: 'writerLeaseSeconds', message: /lock/ });
   });
 
   it('fills in Glance\'s defaults', () => {

@@ -6,9 +6,10 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Stream } from 'node:stream';
+import { Readable, type Stream } from 'node:stream';
 import type { TestContext } from 'node:test';
-import type { ImageCache } from '../src/index.js';
+import assert from 'node:assert/strict';
+import { ImageCache, silentLogger, type CacheWriter, type ImageCacheOptions } from '../src/index.js';
 
 /** Glance's test fixture: 1024 bytes of '*'. */
 export const FIXTURE_DATA: Buffer = Buffer.alloc(1024, '*');
@@ -110,4 +111,79 @@ export async function readAll(cache: ImageCache, imageId: string): Promise<Buffe
   const data = await collect(stream);
   await waitForClose(stream);
   return data;
+}
+
+/** A cache on a fresh temporary directory, and the means to open more on it. */
+export interface CacheFixture {
+  /** The test's own temporary directory; the cache directory is inside it. */
+  root: string;
+  /** image_cache_dir */
+  dir: string;
+  cache: ImageCache;
+  /** The options the cache was created with. */
+  options: ImageCacheOptions;
+  /** Another ImageCache on the same directory and options (closed after the test). */
+  open(overrides?: Partial<ImageCacheOptions>): Promise<ImageCache>;
+  /** Path of a file in the cache directory, e.g. at('incomplete', '1'). */
+  at(...parts: string[]): string;
+}
+
+/**
+ * A fresh temporary directory and an ImageCache on it (sqlite, 5 KiB max size,
+ * silent, unless `options` say otherwise), closed and removed after the test.
+ * The driver asked for is checked to be the one in use (ImageCache.create
+ * falls back to sqlite when a driver cannot be configured).
+ */
+export async function cacheFixture(t: TestContext, options: Partial<ImageCacheOptions> = {}): Promise<CacheFixture> {
+  const root = makeTempDir(`image-cache-${options.imageCacheDriver ?? 'sqlite'}-`);
+  const dir = path.join(root, 'cache');
+  const opened: ImageCache[] = [];
+  t.after(async () => {
+    for (const cache of opened) await cache.close();
+    removeDir(root);
+  });
+  const resolved: ImageCacheOptions = { imageCacheDir: dir, imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...options };
+  const open = async (more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> => {
+    const cache = await ImageCache.create({ ...resolved, ...more });
+    opened.push(cache);
+    const wanted = more.imageCacheDriver ?? resolved.imageCacheDriver ?? 'sqlite';
+    assert.equal(cache.driver.name, wanted, `ImageCache.create fell back from ${wanted} to ${cache.driver.name}`);
+    return cache;
+  };
+  const cache = await open();
+  return { root, dir, cache, options: resolved, open, at: (...parts) => path.join(dir, ...parts) };
+}
+
+/** Caches `data` under `imageId` (through cacheImageFile, as Glance's tests do) and checks it was cached. */
+export async function put(cache: ImageCache, imageId: string, data: Buffer = FIXTURE_DATA): Promise<void> {
+  assert.equal(await cache.cacheImageFile(imageId, Readable.from([data])), true, `caching image ${imageId}`);
+}
+
+/** Writes one chunk and waits until it has reached the writer's file. */
+export function writeChunk(writer: CacheWriter, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => writer.write(chunk, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Destroys an open writer (if a test left one open) and waits for it to let go of its file. */
+export async function discardWriter(writer: CacheWriter | undefined): Promise<void> {
+  if (writer === undefined || writer.closed) return;
+  writer.on('error', () => {});
+  writer.destroy();
+  await waitForClose(writer);
+}
+
+/** Ids of the cached images, in listing order. */
+export async function cachedIds(cache: ImageCache): Promise<string[]> {
+  return (await cache.getCachedImages()).map((image) => image.imageId);
+}
+
+/** A promise and the functions that settle it: a handshake a test controls. */
+export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void; reject: (err: Error) => void } {
+  let resolve!: (value: T) => void;
+  let reject!: (err: Error) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
 }

@@ -1,7 +1,7 @@
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
-import { ImageBeingCached } from '../errors.js';
+import { ImageAlreadyCached, ImageBeingCached } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import type { Logger } from '../log.js';
 import type { ExpectedChecksum } from '../types.js';
@@ -43,7 +43,7 @@ class CacheTee extends Transform {
       });
       this.writer = writer;
     } catch (err) {
-      if (!(err instanceof ImageBeingCached)) this.log.warn({ imageId: this.imageId, err }, 'could not start caching the image');
+      if (!(err instanceof ImageBeingCached || err instanceof ImageAlreadyCached)) this.log.warn({ imageId: this.imageId, err }, 'could not start caching the image');
     }
   }
 
@@ -113,7 +113,7 @@ export async function cacheFromSource(driver: Driver, imageId: string, source: (
   try {
     writer = await driver.openForWrite(imageId);
   } catch (err) {
-    if (err instanceof ImageBeingCached) return false;
+    if (err instanceof ImageBeingCached || err instanceof ImageAlreadyCached) return false;
     throw err;
   }
   const input = source();

@@ -6,7 +6,7 @@ import { createDriver } from '../drivers/registry.js';
 import { BadDriverConfiguration } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import { createLogger, type Logger } from '../log.js';
-import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, ExpectedChecksum, PruneResult } from '../types.js';
+import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanReport, ExpectedChecksum, PruneResult, VerifyResult } from '../types.js';
 import { cacheFromSource, createCachingStream, type ImageSource } from './caching-stream.js';
 
 /**
@@ -78,6 +78,21 @@ export class ImageCache {
     return createCachingStream(this.driver, imageId, expected, source, this.log);
   }
 
+  /**
+   * The cleaner's pass (Glance's glance-cache-cleaner): removes invalid/ and
+   * abandoned incomplete/ files older than `stallTime` (default
+   * image_cache_stall_time), then runs verify() to repair the metadata.
+   */
+  async clean(stallTime?: number): Promise<CleanReport> {
+    const cleaned = await this.driver.clean(stallTime);
+    return { ...cleaned, ...(await this.driver.verify()) };
+  }
+
+  /** Repairs metadata against the files, counting each fix (see Driver.verify). */
+  verify(): Promise<VerifyResult> {
+    return this.driver.verify();
+  }
+
   /** Caches from a stream with nobody reading; false when not cacheable. */
   cacheImageStream(imageId: string, source: ImageSource, expected?: ExpectedChecksum | null): Promise<boolean> {
     return cacheFromSource(this.driver, imageId, () => source, expected);
@@ -102,8 +117,8 @@ export class ImageCache {
   deleteAllQueuedImages(): Promise<number> { return this.driver.deleteAllQueuedImages(); }
   deleteQueuedImage(imageId: string): Promise<void> { return this.driver.deleteQueuedImage(imageId); }
   queueImage(imageId: string): Promise<boolean> { return this.driver.queueImage(imageId); }
-  clean(stallTime?: number): Promise<CleanResult> { return this.driver.clean(stallTime); }
   getLeastRecentlyAccessed(): Promise<CacheEntry | null> { return this.driver.getLeastRecentlyAccessed(); }
+  listLeastRecentlyAccessed(): Promise<CacheEntry[]> { return this.driver.listLeastRecentlyAccessed(); }
   openForWrite(imageId: string): Promise<CacheWriter> { return this.driver.openForWrite(imageId); }
   openForRead(imageId: string, range?: ByteRange): Promise<CacheReadStream> { return this.driver.openForRead(imageId, range); }
   getImageFilepath(imageId: string, cacheStatus: CacheStatus = 'active'): string { return this.driver.getImageFilepath(imageId, cacheStatus); }

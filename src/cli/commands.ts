@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ImageCache } from '../cache/image-cache.js';
-import type { CachedImage } from '../types.js';
+import type { CachedImage, VerifyResult } from '../types.js';
 
 type Flags = Record<string, string | boolean | undefined>;
 
@@ -11,6 +11,8 @@ export interface Command {
   minArgs: number;
   maxArgs: number;
   flags: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>;
+  /** What is wrong with the arguments, checked before the cache is opened (nothing is created for a usage error). */
+  check?(args: string[], flags: Flags): string | undefined;
   run(cache: ImageCache, args: string[], flags: Flags): Promise<number>;
 }
 
@@ -69,7 +71,11 @@ export const COMMANDS: Record<string, Command> = {
     maxArgs: Infinity,
     flags: {},
     async run(cache, ids) {
-      for (const id of ids) out((await cache.queueImage(id)) ? `Queued ${id}.` : `Not queued ${id}: already cached, being cached or queued.`);
+      for (const id of ids) {
+        if (await cache.queueImage(id)) out(`Queued ${id}.`);
+        else if (await cache.isCached(id)) out(`Not queued ${id}: already cached.`);
+        else out(`Not queued ${id}: being cached or queued already.`);
+      }
       return 0;
     },
   },
@@ -79,12 +85,9 @@ export const COMMANDS: Record<string, Command> = {
     minArgs: 0,
     maxArgs: 0,
     flags: { 'filesystem-store-datadir': { type: 'string' } },
+    check: (_args, flags) => (typeof flags['filesystem-store-datadir'] === 'string' ? undefined : '--filesystem-store-datadir DIR is required'),
     async run(cache, _args, flags) {
-      const store = flags['filesystem-store-datadir'];
-      if (typeof store !== 'string') {
-        process.stderr.write('image-cache prefetch: --filesystem-store-datadir DIR is required\n');
-        return 2;
-      }
+      const store = flags['filesystem-store-datadir'] as string;
       const queued = await cache.getQueuedImages();
       let failed = 0;
       for (const [index, id] of queued.entries()) {
@@ -124,20 +127,38 @@ export const COMMANDS: Record<string, Command> = {
   },
   clean: {
     synopsis: 'clean [--stall-time SECONDS]',
-    summary: 'removes invalid files and stalled incomplete ones',
+    summary: 'removes invalid files and abandoned incomplete ones, then verifies the metadata (as verify)',
     minArgs: 0,
     maxArgs: 0,
     flags: { 'stall-time': { type: 'string' } },
+    check: (_args, flags) => (flags['stall-time'] === undefined || Number(flags['stall-time']) >= 0 ? undefined : '--stall-time SECONDS must be a number >= 0'),
     async run(cache, _args, flags) {
       const stall = flags['stall-time'] === undefined ? undefined : Number(flags['stall-time']);
-      if (stall !== undefined && !(stall >= 0)) return usageError('clean [--stall-time SECONDS]  (SECONDS >= 0)');
       const result = await cache.clean(stall);
       if (flags.json) json(result);
-      else out(`Removed ${result.invalid} invalid and ${result.stalled} stalled files.`);
+      else out(`Removed ${result.invalid} invalid and ${result.stalled} stalled files.\n${describeRepairs(result)}`);
+      return 0;
+    },
+  },
+  verify: {
+    synopsis: 'verify',
+    summary: 'brings the metadata back into agreement with the files and says what it repaired',
+    minArgs: 0,
+    maxArgs: 0,
+    flags: {},
+    async run(cache, _args, flags) {
+      const result = await cache.verify();
+      if (flags.json) json(result);
+      else out(describeRepairs(result));
       return 0;
     },
   },
 };
+
+function describeRepairs(result: VerifyResult): string {
+  return `Verified: dropped ${result.recordsDropped} records without files, adopted ${result.filesAdopted} files without records, ` +
+    `corrected ${result.sizesCorrected} sizes, dropped ${result.queueMarkersDropped} queue markers of cached images.`;
+}
 
 /** delete-cached / delete-queued: one image by ID, or all of them with --all. */
 function deleteCommand(kind: 'cached' | 'queued', deleteOne: (cache: ImageCache, id: string) => Promise<void>, deleteAll: (cache: ImageCache) => Promise<number>): Command {
@@ -148,8 +169,8 @@ function deleteCommand(kind: 'cached' | 'queued', deleteOne: (cache: ImageCache,
     minArgs: 0,
     maxArgs: 1,
     flags: { all: { type: 'boolean', default: false } },
+    check: ([id], flags) => (flags.all === (id !== undefined) ? `give either an IMAGE_ID or --all: ${synopsis}` : undefined),
     async run(cache, [id], flags) {
-      if (flags.all === (id !== undefined)) return usageError(synopsis);
       if (id === undefined) {
         out(`Deleted ${await deleteAll(cache)} ${kind} images.`);
       } else {
@@ -173,11 +194,6 @@ export function usage(): string {
     ...lines,
     '',
   ].join('\n');
-}
-
-function usageError(synopsis: string): number {
-  process.stderr.write(`usage: image-cache ${synopsis}\n`);
-  return 2;
 }
 
 function toWire(image: CachedImage): Record<string, unknown> {

@@ -19,8 +19,12 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${command.synopsis}\n`);
     return 0;
   }
-  if (positionals.length < command.minArgs || positionals.length > command.maxArgs) {
-    process.stderr.write(`usage: image-cache ${command.synopsis}\n`);
+  const flags = values as Record<string, string | boolean | undefined>;
+  const problem = positionals.length < command.minArgs || positionals.length > command.maxArgs
+    ? 'wrong number of arguments'
+    : command.check?.(positionals, flags);
+  if (problem !== undefined) {
+    process.stderr.write(`image-cache ${name}: ${problem}\nusage: image-cache ${command.synopsis}\n`);
     return 2;
   }
   const options = loadOptions(values);
@@ -28,7 +32,7 @@ async function main(argv: string[]): Promise<number> {
   options.imageCacheDir = path.resolve(options.imageCacheDir);
   const cache = await ImageCache.create(options);
   try {
-    return await command.run(cache, positionals, values as Record<string, string | boolean | undefined>);
+    return await command.run(cache, positionals, flags);
   } finally {
     await cache.close();
   }

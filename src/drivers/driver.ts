@@ -4,13 +4,17 @@ import type { Readable } from 'node:stream';
 import type { DriverName, ResolvedOptions } from '../config.js';
 import { BadDriverConfiguration, ImageNotCached, NotSupported, RangeNotSatisfiable } from '../errors.js';
 import { nowSeconds } from '../clock.js';
+import { isHeld, removeIfAbandoned } from '../fs/claim.js';
 import { CacheFileReader } from '../fs/cache-reader.js';
-import { CacheWriter } from '../fs/cache-writer.js';
+import { CacheWriter, CommitTracker, type CommitMetadata } from '../fs/cache-writer.js';
 import { DirectorySync } from '../fs/directory-sync.js';
 import { errorCode, listRegularFiles, mapLimit, unlinkIfExists, unlinkIfExistsSync } from '../fs/files.js';
+import { LOCK_PROBE_PREFIX, lockingProblem } from '../fs/flock.js';
+import { systemIo, type CacheIo } from '../fs/io.js';
 import { isValidImageId, validateImageId } from '../image-id.js';
 import { createLogger, type Logger } from '../log.js';
-import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult } from '../types.js';
+import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, VerifyResult } from '../types.js';
+import { AccessBatch, type PendingAccess } from './access-batch.js';
 
 /** A stream of an active cache file (or a byte range of it). */
 export interface CacheReadStream extends Readable {
@@ -23,14 +27,18 @@ export interface CacheReadStream extends Readable {
   readonly end: number;
 }
 
+/** A driver's part of verify(): its own repairs, counted (what it has no use for stays 0). */
+export type MetadataRepairs = Pick<VerifyResult, 'recordsDropped' | 'filesAdopted' | 'sizesCorrected'>;
+
 /** How many unlinks prune, clean and delete keep in flight: enough to overlap, few enough to leave the thread pool to readers. */
 const UNLINK_CONCURRENCY = 8;
 
 /**
  * The driver contract (Glance's glance.image_cache.drivers.base.Driver) and
  * everything about it that is the same for every driver: the directory
- * layout, image-ID validation, the queue, clean(), and the write and read
- * paths. A driver adds where the metadata (hits, times, sizes) lives.
+ * layout, image-ID validation, the queue, clean(), verify()'s order, reads
+ * batching, and the write and read paths. A driver adds where the metadata
+ * (hits, times, sizes) lives.
  *
  * Metadata system calls (existence checks, marker creation, renames) are made
  * synchronously on purpose: they take microseconds, while a hop through libuv's
@@ -41,13 +49,19 @@ export abstract class Driver {
   abstract readonly name: DriverName;
   protected readonly options: ResolvedOptions;
   protected readonly log: Logger;
+  protected readonly io: CacheIo;
   protected baseDir = '';
+  /** Reads not yet written to the metadata store; every query of the driver flushes it first. */
+  protected readonly reads: AccessBatch;
   private dirSync: DirectorySync | undefined;
+  private commits = new CommitTracker();
   private configured = false;
 
   constructor(options: ResolvedOptions) {
     this.options = options;
     this.log = options.logger ?? createLogger();
+    this.io = options.io ?? systemIo;
+    this.reads = new AccessBatch((entries) => this.writeReads(entries), this.log, () => this.name);
   }
 
   // ---- what each driver provides -------------------------------------------------
@@ -55,12 +69,17 @@ export abstract class Driver {
   /** Prepare the metadata store; throw BadDriverConfiguration when it cannot be used. */
   protected abstract openMetadataStore(): Promise<void>;
   protected abstract closeMetadataStore(): Promise<void>;
-  /** Record a freshly written image (hits 0, both times now) before its file becomes visible. */
-  protected abstract recordCachedImage(imageId: string, size: number, now: number): Promise<void> | void;
+  /** What a commit writes: before the publish (on the incomplete file) and after it (the record). */
+  protected abstract commitMetadata(imageId: string): CommitMetadata;
   /** Forget the records of these images (their files are already gone). */
   protected abstract forgetCachedImages(imageIds: readonly string[]): Promise<void> | void;
-  /** hits += 1, last accessed = now. May be batched, but the driver's own queries must see it. */
-  protected abstract recordAccess(imageId: string, now: number): void;
+  /**
+   * hits += n and last access moved forward, for each image; an image read
+   * without a record (an adopted Glance directory) gets one, if its file is still there.
+   */
+  protected abstract writeReads(entries: Map<string, PendingAccess>): Promise<void> | void;
+  /** Brings the metadata into agreement with the files, counting each fix. */
+  protected abstract repairMetadata(): Promise<MetadataRepairs>;
 
   abstract getCachedImages(): Promise<CachedImage[]>;
   abstract getCacheSize(): Promise<number>;
@@ -73,6 +92,9 @@ export abstract class Driver {
     return NO_NAMES;
   }
 
+  /** Refuses, before anything is written, an image the metadata store could not record. */
+  protected checkWritable(_imageId: string): void {}
+
   // ---- set-up ----------------------------------------------------------------------
 
   async configure(): Promise<void> {
@@ -82,30 +104,45 @@ export abstract class Driver {
       throw new BadDriverConfiguration(this.name, 'image_cache_dir is not set');
     }
     this.baseDir = path.resolve(dir);
+    let dirSync: DirectorySync;
     try {
       for (const sub of ['incomplete', 'invalid', 'queue']) fs.mkdirSync(path.join(this.baseDir, sub), { recursive: true });
       fs.accessSync(this.baseDir, fs.constants.W_OK);
-      this.dirSync = new DirectorySync(this.baseDir);
-      this.dirSync.open();
+      dirSync = new DirectorySync(this.baseDir, this.io);
+      dirSync.open();
     } catch (err) {
       throw new BadDriverConfiguration(this.name, `cache directory ${this.baseDir} is not usable: ${(err as Error).message}`, { cause: err });
+    }
+    // Claims on images being written are flock(2) locks (fs/claim.ts): without them, writers could not tell a dead writer from a slow one.
+    const lockProblem = lockingProblem(path.join(this.baseDir, 'incomplete'));
+    if (lockProblem !== undefined) {
+      await dirSync.close();
+      throw new BadDriverConfiguration(this.name, `the file system holding ${this.baseDir} does not support the file locks that claim images being written (${lockProblem})`);
     }
     try {
       await this.openMetadataStore();
     } catch (err) {
       // Not configured: let go of the directory (ImageCache.create may fall back to another driver on it).
-      await this.dirSync.close();
-      this.dirSync = undefined;
+      await dirSync.close();
       throw err;
     }
+    this.dirSync = dirSync;
+    this.commits = new CommitTracker();
     this.configured = true;
   }
 
+  /**
+   * Waits for the commits in flight (nothing is published after this is
+   * called), writes the reads recorded so far, and lets go of the store.
+   */
   async close(): Promise<void> {
     if (!this.configured) return;
     this.configured = false;
+    await this.commits.close();
+    await this.reads.flush();
     await this.closeMetadataStore();
     await this.dirSync?.close();
+    this.dirSync = undefined;
   }
 
   // ---- paths -----------------------------------------------------------------------
@@ -134,8 +171,9 @@ export abstract class Driver {
     return fs.existsSync(this.getImageFilepath(imageId));
   }
 
+  /** A live writer (in any process) holds the image. A dead writer's leftover file does not count. */
   async isBeingCached(imageId: string): Promise<boolean> {
-    return fs.existsSync(this.getImageFilepath(imageId, 'incomplete'));
+    return isHeld(this.getImageFilepath(imageId, 'incomplete'));
   }
 
   async isQueued(imageId: string): Promise<boolean> {
@@ -143,7 +181,7 @@ export abstract class Driver {
   }
 
   async isCacheable(imageId: string): Promise<boolean> {
-    return !fs.existsSync(this.getImageFilepath(imageId)) && !fs.existsSync(this.getImageFilepath(imageId, 'incomplete'));
+    return !fs.existsSync(this.getImageFilepath(imageId)) && !isHeld(this.getImageFilepath(imageId, 'incomplete'));
   }
 
   async getImageSize(imageId: string): Promise<number> {
@@ -167,6 +205,11 @@ export abstract class Driver {
     return new Set(names.filter((name) => isValidImageId(name, reserved)));
   }
 
+  /** Writes the reads recorded before this call, so that what a query reports includes them. */
+  protected flushReads(): Promise<void> {
+    return this.reads.flush();
+  }
+
   // ---- deleting --------------------------------------------------------------------
 
   async deleteCachedImage(imageId: string): Promise<void> {
@@ -176,9 +219,9 @@ export abstract class Driver {
   /**
    * Removes these images' files, then their records; returns how many files
    * were removed. Unlinks go to the thread pool, several at a time: unlinking
-   * a file that was just written and synced costs ext4 a few hundred
-   * microseconds of journal work, and overlapping them prunes ~1.8x faster
-   * than unlinking one after another on the main thread (measured here).
+   * a file that was just written and synced costs ext4 journal work, and
+   * overlapping the unlinks prunes faster than one after another on the main
+   * thread (bench:lib's prune phase measures it).
    */
   async deleteCachedImages(imageIds: readonly string[]): Promise<number> {
     for (const id of imageIds) this.validate(id);
@@ -193,17 +236,29 @@ export abstract class Driver {
 
   // ---- queue -----------------------------------------------------------------------
 
+  /**
+   * Queues an image for prefetching; false (and nothing written) when it is
+   * cached, being cached by a live writer, or queued already.
+   */
   async queueImage(imageId: string): Promise<boolean> {
     if (!(await this.isCacheable(imageId))) return false;
+    const marker = this.getImageFilepath(imageId, 'queue');
     let fd: number;
     try {
       // The exclusive create is both the "already queued?" test and the marker.
-      fd = fs.openSync(this.getImageFilepath(imageId, 'queue'), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
+      fd = fs.openSync(marker, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
     } catch (err) {
       if (errorCode(err) === 'EEXIST') return false;
       throw err;
     }
     fs.closeSync(fd);
+    // A commit publishes before it pops the marker; we create the marker before
+    // looking again. So if a commit popped (nothing) before our marker existed,
+    // its image is visible now, and the marker must not outlive this call.
+    if (await this.isCached(imageId)) {
+      unlinkIfExistsSync(marker);
+      return false;
+    }
     return true;
   }
 
@@ -230,11 +285,13 @@ export abstract class Driver {
     return removed;
   }
 
-  // ---- clean -----------------------------------------------------------------------
+  // ---- maintenance -----------------------------------------------------------------
 
   /**
-   * Deletes everything in invalid/, and the files in incomplete/ last written
-   * more than `stallTime` seconds ago (default image_cache_stall_time; 0 = all).
+   * Deletes everything in invalid/, and the files in incomplete/ that no live
+   * writer holds and that were last written more than `stallTime` seconds ago
+   * (default image_cache_stall_time; 0 = all of them). A live writer's file is
+   * never removed, however long it has been idle: its writer ends or aborts it.
    * Files that vanish meanwhile (another process cleaning) are skipped.
    */
   async clean(stallTime?: number): Promise<CleanResult> {
@@ -243,41 +300,74 @@ export abstract class Driver {
     const invalidDir = path.join(this.baseDir, 'invalid');
     const incompleteDir = path.join(this.baseDir, 'incomplete');
     const invalid = await mapLimit(await listRegularFiles(invalidDir), UNLINK_CONCURRENCY, (name) => unlinkIfExists(path.join(invalidDir, name)));
-    const olderThanMs = Date.now() - stall * 1000;
-    const stalledNames = (await listRegularFiles(incompleteDir)).filter((name) => {
-      if (stall === 0) return true;
-      const st = fs.statSync(path.join(incompleteDir, name), { throwIfNoEntry: false });
-      return st !== undefined && st.mtimeMs < olderThanMs;
-    });
-    const stalled = await mapLimit(stalledNames, UNLINK_CONCURRENCY, (name) => unlinkIfExists(path.join(incompleteDir, name)));
-    const result = { invalid: invalid.filter(Boolean).length, stalled: stalled.filter(Boolean).length };
+    const olderThanMs = BigInt(Math.floor(Date.now() - stall * 1000));
+    let stalled = 0;
+    for (const name of await listRegularFiles(incompleteDir)) {
+      // A lock probe left by a process that died while configuring. A live one lives for
+      // microseconds, and must not even be locked meanwhile (its process would see a lock it did
+      // not take): only one a minute old is touched.
+      if (name.startsWith(LOCK_PROBE_PREFIX)) {
+        const probe = path.join(incompleteDir, name);
+        const st = fs.statSync(probe, { throwIfNoEntry: false });
+        if (st !== undefined && st.mtimeMs < Date.now() - 60_000 && unlinkIfExistsSync(probe)) stalled++;
+        continue;
+      }
+      // Our own names only: anything foreign is not an image's claim.
+      if (!isValidImageId(name, this.reservedNames())) continue;
+      if (removeIfAbandoned(path.join(incompleteDir, name), (st) => stall === 0 || st.mtimeMs < olderThanMs)) stalled++;
+    }
+    const result = { invalid: invalid.filter(Boolean).length, stalled };
     if (result.invalid + result.stalled > 0) this.log.info({ driver: this.name, ...result }, 'cleaned cache');
     return result;
+  }
+
+  /**
+   * Brings metadata and files back into agreement, in named steps, and counts
+   * what each step did. Listings never write; this is where repair happens
+   * (the cleaner runs it too).
+   */
+  async verify(): Promise<VerifyResult> {
+    await this.flushReads();
+    const repairs = await this.repairMetadata();
+    const queueMarkersDropped = await this.dropQueueMarkersOfCachedImages();
+    const result: VerifyResult = { ...repairs, queueMarkersDropped };
+    if (Object.values(result).some((n) => n > 0)) this.log.info({ driver: this.name, ...result }, 'verified cache');
+    return result;
+  }
+
+  private async dropQueueMarkersOfCachedImages(): Promise<number> {
+    let dropped = 0;
+    for (const id of await this.getQueuedImages()) {
+      if (fs.existsSync(this.getImageFilepath(id)) && unlinkIfExistsSync(this.getImageFilepath(id, 'queue'))) dropped++;
+    }
+    return dropped;
   }
 
   // ---- write and read paths ----------------------------------------------------------
 
   /**
    * A Writable onto incomplete/<id>: end() commits, destroy() or abandonment
-   * moves the partial file to invalid/. Rejects with ImageBeingCached while
-   * another writer holds the image.
+   * moves the partial file to invalid/. Rejects with ImageAlreadyCached for a
+   * cached image and with ImageBeingCached while a live writer holds it.
    */
   async openForWrite(imageId: string): Promise<CacheWriter> {
-    const paths = {
-      incomplete: this.getImageFilepath(imageId, 'incomplete'),
-      invalid: this.getImageFilepath(imageId, 'invalid'),
-      active: this.getImageFilepath(imageId),
-    };
-    const queueMarker = this.getImageFilepath(imageId, 'queue');
-    const dirSync = this.requireDirSync();
-    return CacheWriter.open(imageId, paths, {
-      record: (size) => this.recordCachedImage(imageId, size, nowSeconds()),
-      unrecord: () => this.forgetCachedImages([imageId]),
-      published: async () => {
-        await dirSync.sync();
-        unlinkIfExistsSync(queueMarker);
+    this.validate(imageId);
+    this.checkWritable(imageId);
+    const directory = this.requireDirSync();
+    return CacheWriter.open({
+      imageId,
+      paths: {
+        incomplete: this.getImageFilepath(imageId, 'incomplete'),
+        invalid: this.getImageFilepath(imageId, 'invalid'),
+        active: this.getImageFilepath(imageId),
+        queueMarker: this.getImageFilepath(imageId, 'queue'),
       },
-    }, this.options.writerLeaseSeconds * 1000);
+      io: this.io,
+      directory,
+      metadata: this.commitMetadata(imageId),
+      commits: this.commits,
+      log: this.log,
+    });
   }
 
   /**
@@ -295,17 +385,20 @@ export abstract class Driver {
     }
     let start: number;
     let end: number;
-    let fileSize: number;
+    let st: fs.Stats;
     try {
-      fileSize = fs.fstatSync(fd).size;
-      [start, end] = resolveRange(range, fileSize);
+      st = fs.fstatSync(fd);
+      [start, end] = resolveRange(range, st.size);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
     }
     const stream = new CacheFileReader(fd, start, end);
-    stream.once('close', () => this.recordAccess(imageId, nowSeconds()));
-    return Object.assign(stream, { imageId, fileSize, start, end }) as unknown as CacheReadStream;
+    const access = { ino: st.ino, size: st.size, lastModified: st.mtimeMs / 1000 };
+    stream.once('close', () => {
+      if (this.configured) this.reads.add(imageId, { at: nowSeconds(), ...access });
+    });
+    return Object.assign(stream, { imageId, fileSize: st.size, start, end }) as unknown as CacheReadStream;
   }
 
   private requireDirSync(): DirectorySync {

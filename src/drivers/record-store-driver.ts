@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import type { CacheEntry, CachedImage } from '../types.js';
-import { Driver } from './driver.js';
+import { Driver, type MetadataRepairs } from './driver.js';
 
 /** One image's record, as the sqlite and centralized_db drivers store it (Glance's columns). */
 export interface ImageRecord {
@@ -11,57 +11,124 @@ export interface ImageRecord {
   size: number;
 }
 
+/** The records as they stand against the files, computed by reading only. */
+interface Reconciliation {
+  /** Records whose active file is there. */
+  recorded: ImageRecord[];
+  /** Active files without a record, described from their stat (hits 0, mtime as both times). */
+  unrecorded: ImageRecord[];
+  /** Records whose file is gone. */
+  missing: ImageRecord[];
+}
+
 const byId = (a: ImageRecord, b: ImageRecord): number => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0);
+/** Prune's order: least recently accessed first, then by image ID. */
+export const byLastAccess = (a: ImageRecord, b: ImageRecord): number => a.last_accessed - b.last_accessed || byId(a, b);
 
 /**
  * A driver that keeps a record per image in a database (sqlite, centralized_db).
- * Records and files are reconciled on every listing: files vanish behind our
- * back (an operator, another tool), and files appear without a record (Glance
- * renames before it records, so a crash in between leaves one; a directory
- * switched from another driver has no records at all). A record without its
- * file is not reported; a file without a record is recorded from what stat()
- * says, with its mtime as last access, so that it is listed, counted and pruned.
+ *
+ * Records and files can disagree: files vanish behind our back (an operator,
+ * another tool), and files appear without a record (Glance renames before it
+ * records, and so do we: a crash in between leaves one; a directory switched
+ * from another driver has no records at all). Listings show the truth without
+ * writing anything: a record without its file is not reported, a file without
+ * a record is reported from its stat. verify() is what writes the repair.
+ *
+ * A record must describe the copy of the image that is there now, so none may
+ * outlive its copy: a commit withdraws its record if the image was deleted
+ * before the record landed, and a read creates a record only if the file it
+ * read is still the image. Sizes are therefore taken from the records, which
+ * spares a stat per image on every listing; a file rewritten by a process
+ * outside the cache shows its recorded size until verify() corrects it.
  */
 export abstract class RecordStoreDriver extends Driver {
-  /** Writes reads recorded but not yet stored, so that queries include them. */
-  protected abstract flushReads(): void | Promise<void>;
-  /** This node's records, in any order. */
-  protected abstract loadRecords(): ImageRecord[] | Promise<ImageRecord[]>;
-  /** Stores records for files found without one; returns the records as now stored (or as listed, if they cannot be). */
-  protected abstract adoptRecords(found: ImageRecord[]): ImageRecord[] | Promise<ImageRecord[]>;
+  /** This node's records; with 'lru', in the order prune evicts (byLastAccess). */
+  protected abstract loadRecords(order: 'any' | 'lru'): ImageRecord[] | Promise<ImageRecord[]>;
+  /** Inserts records for files that have none, skipping any recorded meanwhile; returns how many were inserted. */
+  protected abstract insertRecords(rows: readonly ImageRecord[]): number | Promise<number>;
+  /** Deletes these records, each only if it is unchanged since it was read (same last_modified); returns how many. */
+  protected abstract deleteRecords(rows: readonly ImageRecord[]): number | Promise<number>;
+  /** Sets these records' sizes, each only if it is unchanged since it was read; returns how many. */
+  protected abstract updateSizes(rows: readonly ImageRecord[]): number | Promise<number>;
 
   async getCachedImages(): Promise<CachedImage[]> {
     await this.flushReads();
-    const records = (await this.reconciledRecords()).sort(byId);
-    return records.map((r) => ({ imageId: r.image_id, hits: r.hits, lastModified: r.last_modified, lastAccessed: r.last_accessed, size: r.size }));
+    const { recorded, unrecorded } = await this.reconcile('any');
+    return recorded.concat(unrecorded).sort(byId).map((r) => ({
+      imageId: r.image_id,
+      hits: r.hits,
+      lastModified: r.last_modified,
+      lastAccessed: r.last_accessed,
+      size: r.size,
+    }));
   }
 
   async getCacheSize(): Promise<number> {
+    const { recorded, unrecorded } = await this.reconcile('any');
     let total = 0;
-    for (const record of await this.reconciledRecords()) total += record.size;
+    for (const record of recorded) total += record.size;
+    for (const record of unrecorded) total += record.size;
     return total;
   }
 
   async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
     await this.flushReads();
-    const records = (await this.reconciledRecords()).sort((a, b) => a.last_accessed - b.last_accessed || byId(a, b));
-    return records.map((r) => ({ imageId: r.image_id, size: r.size }));
+    const { recorded, unrecorded } = await this.reconcile('lru');
+    // recorded comes in LRU order from the store; merge in the few unrecorded files.
+    const merged = mergeSorted(recorded, unrecorded.sort(byLastAccess), byLastAccess);
+    return merged.map((r) => ({ imageId: r.image_id, size: r.size }));
   }
 
-  private async reconciledRecords(): Promise<ImageRecord[]> {
-    const records = await this.loadRecords();
-    const present = await this.activeImageIds();
-    const kept = records.filter((record) => present.delete(record.image_id));
-    if (present.size === 0) return kept;
-    const found: ImageRecord[] = [];
-    for (const id of present) {
-      const st = fs.statSync(this.getImageFilepath(id), { throwIfNoEntry: false });
-      if (st === undefined || !st.isFile()) continue;
-      const time = st.mtimeMs / 1000;
-      found.push({ image_id: id, hits: 0, last_accessed: time, last_modified: time, size: st.size });
+  protected async repairMetadata(): Promise<MetadataRepairs> {
+    const { recorded, unrecorded, missing } = await this.reconcile('any');
+    const recordsDropped = missing.length === 0 ? 0 : await this.deleteRecords(missing);
+    const filesAdopted = unrecorded.length === 0 ? 0 : await this.insertRecords(unrecorded);
+    const wrongSize: ImageRecord[] = [];
+    for (const record of recorded) {
+      const st = fileStat(this.getImageFilepath(record.image_id));
+      if (st !== undefined && st.size !== record.size) wrongSize.push({ ...record, size: st.size });
     }
-    const adopted = await this.adoptRecords(found);
-    this.log.warn({ driver: this.name, adopted: adopted.length }, 'recorded cached image files that had no record');
-    return kept.concat(adopted);
+    const sizesCorrected = wrongSize.length === 0 ? 0 : await this.updateSizes(wrongSize);
+    return { recordsDropped, filesAdopted, sizesCorrected };
   }
+
+  /**
+   * Records first, then the directory: a commit publishes its file before it
+   * records it, so a record read here always has its file in the listing that
+   * follows unless the file really went.
+   */
+  private async reconcile(order: 'any' | 'lru'): Promise<Reconciliation> {
+    const records = await this.loadRecords(order);
+    const present = await this.activeImageIds();
+    const recorded: ImageRecord[] = [];
+    const missing: ImageRecord[] = [];
+    for (const record of records) (present.delete(record.image_id) ? recorded : missing).push(record);
+    const unrecorded: ImageRecord[] = [];
+    for (const id of present) {
+      const st = fileStat(this.getImageFilepath(id));
+      if (st === undefined) continue;
+      // To the microsecond, as the stores keep times, so that adopting the file changes nothing a listing shows.
+      const time = Math.round(st.mtimeMs * 1000) / 1e6;
+      unrecorded.push({ image_id: id, hits: 0, last_accessed: time, last_modified: time, size: st.size });
+    }
+    return { recorded, unrecorded, missing };
+  }
+}
+
+/** The stat of a regular file at `filePath`, or undefined (gone, or not a file). */
+function fileStat(filePath: string): fs.Stats | undefined {
+  const st = fs.statSync(filePath, { throwIfNoEntry: false });
+  return st !== undefined && st.isFile() ? st : undefined;
+}
+
+function mergeSorted<T>(a: readonly T[], b: readonly T[], compare: (x: T, y: T) => number): T[] {
+  if (b.length === 0) return a as T[];
+  const out: T[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) out.push(compare(a[i]!, b[j]!) <= 0 ? a[i++]! : b[j++]!);
+  while (i < a.length) out.push(a[i++]!);
+  while (j < b.length) out.push(b[j++]!);
+  return out;
 }

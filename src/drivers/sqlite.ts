@@ -1,11 +1,18 @@
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { BadDriverConfiguration } from '../errors.js';
-import { AccessBatch, type PendingAccess } from './access-batch.js';
+import type { CommitMetadata } from '../fs/cache-writer.js';
+import { stillTheFileRead, type PendingAccess } from './access-batch.js';
 import { RecordStoreDriver, type ImageRecord } from './record-store-driver.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
-/** Glance's table, column for column, so either side can read the other's cache.db. */
+/**
+ * Glance's table, column for column, so either side can read the other's
+ * cache.db, plus one index of ours, named after the query it serves: prune's
+ * walk in last-access order (listLeastRecentlyAccessed), covering, so that
+ * walk reads the index alone. The earlier index on last_accessed alone served
+ * no query as written and is dropped.
+ */
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS cached_images (
     image_id TEXT PRIMARY KEY,
@@ -15,15 +22,18 @@ const SCHEMA = `
     hits INTEGER DEFAULT 0,
     checksum TEXT
   );
-  CREATE INDEX IF NOT EXISTS cached_images_last_accessed_idx ON cached_images (last_accessed);
+  DROP INDEX IF EXISTS cached_images_last_accessed_idx;
+  CREATE INDEX IF NOT EXISTS cached_images_lru_order ON cached_images (last_accessed, image_id, size);
 `;
+
+/** Prune's walk, least recently accessed first; hits are not needed to evict. Served by cached_images_lru_order alone. */
+export const LRU_ORDER_QUERY = 'SELECT image_id, 0 AS hits, last_accessed, 0 AS last_modified, size FROM cached_images ORDER BY last_accessed, image_id';
 
 /** WAL pages (4 KiB) between automatic checkpoints. */
 const WAL_AUTOCHECKPOINT_PAGES = 10_000;
 
 /** How long a statement waits on a database another process holds, in ms. */
 const BUSY_TIMEOUT_MS = 10_000;
-
 
 /**
  * The embedded default driver: metadata in <image_cache_dir>/cache.db.
@@ -32,16 +42,12 @@ const BUSY_TIMEOUT_MS = 10_000;
  * synchronous=NORMAL); on close the database goes back to a rollback journal
  * when no other process has it open, because Glance's driver counts every
  * other file in the directory, cache.db-wal included, as a cached image.
- *
- * Reads are recorded in memory and written in one transaction per turn of
- * the event loop; every query flushes them first.
  */
 export class SqliteDriver extends RecordStoreDriver {
   readonly name = 'sqlite' as const;
   private db: Database.Database | undefined;
   private reserved: ReadonlySet<string> = new Set();
   private statements: ReturnType<SqliteDriver['prepare']> | undefined;
-  private readonly reads = new AccessBatch(() => this.flushReads());
 
   get dbPath(): string {
     return path.join(this.baseDir, this.options.imageCacheSqliteDb);
@@ -58,9 +64,9 @@ export class SqliteDriver extends RecordStoreDriver {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
       // A checkpoint fsyncs the WAL and the database on the committing
-      // connection, blocking the event loop. Every commit writes ~3 pages, so
-      // the default (every 1000 pages) cost ~0.13 ms per cached image here;
-      // checkpointing ten times less often amortises that to near nothing.
+      // connection, blocking the event loop, and every commit writes a few
+      // pages: checkpointing ten times less often than the default amortises
+      // that to near nothing per cached image.
       db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT_PAGES}`);
       db.exec(SCHEMA);
       this.db = db;
@@ -73,28 +79,40 @@ export class SqliteDriver extends RecordStoreDriver {
   }
 
   private prepare(db: Database.Database) {
-    const recordAccess = db.prepare<[number, number, string]>(
+    const addHits = db.prepare<[number, number, string]>(
       'UPDATE cached_images SET hits = hits + ?, last_accessed = max(last_accessed, ?) WHERE image_id = ?',
     );
-    const forget = db.prepare<[string]>('DELETE FROM cached_images WHERE image_id = ?');
-    const adopt = db.prepare<[string, number, number, number]>(
-      'INSERT OR IGNORE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
+    const insertRead = db.prepare<[string, number, number, number, number]>(
+      'INSERT OR IGNORE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, ?)',
     );
+    const forget = db.prepare<[string]>('DELETE FROM cached_images WHERE image_id = ?');
+    const deleteUnchanged = db.prepare<[string, number]>('DELETE FROM cached_images WHERE image_id = ? AND last_modified = ?');
+    const resizeUnchanged = db.prepare<[number, string, number]>('UPDATE cached_images SET size = ? WHERE image_id = ? AND last_modified = ?');
+    const count = <T>(run: (row: T) => Database.RunResult) => db.transaction((rows: readonly T[]) => {
+      let changed = 0;
+      for (const row of rows) changed += run(row).changes;
+      return changed;
+    });
     return {
-      insert: db.prepare<[string, number, number, number]>(
+      record: db.prepare<[string, number, number, number]>(
         'INSERT OR REPLACE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
       ),
       forget,
-      adoptMany: db.transaction((rows: readonly ImageRecord[]) => {
-        for (const row of rows) adopt.run(row.image_id, row.last_accessed, row.last_modified, row.size);
-      }),
-      forgetMany: db.transaction((ids: readonly string[]) => {
-        for (const id of ids) forget.run(id);
-      }),
-      applyAccesses: db.transaction((entries: Array<[string, PendingAccess]>) => {
-        for (const [id, access] of entries) recordAccess.run(access.hits, access.lastAccessed, id);
+      forgetUnchanged: deleteUnchanged,
+      forgetMany: count((id: string) => forget.run(id)),
+      insertMany: count((r: ImageRecord) => insertRead.run(r.image_id, r.last_accessed, r.last_modified, r.size, r.hits)),
+      deleteMany: count((r: ImageRecord) => deleteUnchanged.run(r.image_id, r.last_modified)),
+      resizeMany: count((r: ImageRecord) => resizeUnchanged.run(r.size, r.image_id, r.last_modified)),
+      // An image read before it had a record (a file Glance or a crash left) gets one, if the file read is still the image.
+      applyReads: db.transaction((entries: Map<string, PendingAccess>) => {
+        for (const [id, read] of entries) {
+          if (addHits.run(read.hits, read.lastAccessed, id).changes === 0 && stillTheFileRead(this.getImageFilepath(id), read)) {
+            insertRead.run(id, read.lastAccessed, read.lastModified, read.size, read.hits);
+          }
+        }
       }),
       all: db.prepare<[], ImageRecord>('SELECT image_id, hits, last_accessed, last_modified, size FROM cached_images'),
+      lru: db.prepare<[], ImageRecord>(LRU_ORDER_QUERY),
       hits: db.prepare<[string], Pick<ImageRecord, 'hits'>>('SELECT hits FROM cached_images WHERE image_id = ?'),
     };
   }
@@ -102,7 +120,6 @@ export class SqliteDriver extends RecordStoreDriver {
   protected async closeMetadataStore(): Promise<void> {
     const db = this.db;
     if (db === undefined) return;
-    this.flushReads();
     this.db = undefined;
     this.statements = undefined;
     try {
@@ -115,9 +132,22 @@ export class SqliteDriver extends RecordStoreDriver {
     db.close();
   }
 
-  protected recordCachedImage(imageId: string, size: number, now: number): void {
-    this.reads.forget(imageId);
-    this.sql().insert.run(imageId, now, now, size);
+  protected commitMetadata(imageId: string): CommitMetadata {
+    return {
+      beforePublish: () => {},
+      // One local insert, cheaper than staging: written once the file is published.
+      record: (size, now) => ({
+        commit: () => {
+          // Reads of an earlier copy of this image must not count toward the new one.
+          this.reads.forget(imageId);
+          this.sql().record.run(imageId, now, now, size);
+        },
+        abandon: () => {},
+      }),
+      unrecord: (now) => {
+        this.sql().forgetUnchanged.run(imageId, now);
+      },
+    };
   }
 
   protected forgetCachedImages(imageIds: readonly string[]): void {
@@ -126,40 +156,33 @@ export class SqliteDriver extends RecordStoreDriver {
     else if (imageIds.length > 1) this.sql().forgetMany.immediate(imageIds);
   }
 
-  protected recordAccess(imageId: string, now: number): void {
-    if (this.db === undefined) return; // closed while a read was still open
-    this.reads.add(imageId, now);
-  }
-
-  /** Writes recorded reads, in one transaction. */
-  private writeReads(entries: Map<string, PendingAccess>): void {
-    try {
-      this.sql().applyAccesses.immediate([...entries]);
-    } catch (err) {
-      this.log.error({ driver: this.name, err, images: entries.size }, 'could not record image reads');
-    }
+  protected writeReads(entries: Map<string, PendingAccess>): void {
+    // The database may have been closed while the batch waited (close() writes it first; this is the rest).
+    if (this.statements === undefined) return;
+    this.sql().applyReads.immediate(entries);
   }
 
   async getHitCount(imageId: string): Promise<number> {
     this.validate(imageId);
     if (!(await this.isCached(imageId))) return 0;
-    this.flushReads();
+    await this.flushReads();
     return this.sql().hits.get(imageId)?.hits ?? 0;
   }
 
-  /** Writes the reads recorded so far. */
-  protected flushReads(): void {
-    const entries = this.reads.take();
-    if (entries !== undefined) this.writeReads(entries);
+  protected loadRecords(order: 'any' | 'lru'): ImageRecord[] {
+    return order === 'lru' ? this.sql().lru.all() : this.sql().all.all();
   }
 
-  protected loadRecords(): ImageRecord[] {
-    return this.sql().all.all();
+  protected insertRecords(rows: readonly ImageRecord[]): number {
+    return this.sql().insertMany.immediate(rows);
   }
 
-  protected adoptRecords(found: ImageRecord[]): ImageRecord[] {
-    this.sql().adoptMany.immediate(found);
-    return found;
+  protected deleteRecords(rows: readonly ImageRecord[]): number {
+    return this.sql().deleteMany.immediate(rows);
+  }
+
+  protected updateSizes(rows: readonly ImageRecord[]): number {
+    return this.sql().resizeMany.immediate(rows);
   }
 
   private sql(): NonNullable<SqliteDriver['statements']> {

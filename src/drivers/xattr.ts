@@ -4,9 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr';
 import { BadDriverConfiguration } from '../errors.js';
+import { errorCode } from '../fs/files.js';
+import type { CommitMetadata } from '../fs/cache-writer.js';
 import type { CacheEntry, CachedImage } from '../types.js';
-import { AccessBatch, type PendingAccess } from './access-batch.js';
-import { Driver } from './driver.js';
+import { stillTheFileRead, type PendingAccess } from './access-batch.js';
+import { Driver, type MetadataRepairs } from './driver.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
 /** Glance's attribute: the hit count as str(int), e.g. "3". */
@@ -48,8 +50,6 @@ const { ENOENT, ENOTSUP, EOPNOTSUPP } = os.constants.errno;
 export class XattrDriver extends Driver {
   readonly name = 'xattr' as const;
   private reserved: ReadonlySet<string> = new Set();
-  private open = false;
-  private readonly reads = new AccessBatch(() => this.flushReads());
 
   protected override reservedNames(): ReadonlySet<string> {
     return this.reserved;
@@ -61,7 +61,6 @@ export class XattrDriver extends Driver {
     // list or prune, and the names are reserved under sqlite too.
     this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
     this.probeUserAttributes();
-    this.open = true;
   }
 
   /**
@@ -102,26 +101,29 @@ export class XattrDriver extends Driver {
     }
   }
 
-  protected async closeMetadataStore(): Promise<void> {
-    this.flushReads();
-    this.open = false;
-  }
+  protected async closeMetadataStore(): Promise<void> {}
 
   /**
-   * Sets the attributes on incomplete/<id>, before the rename, so that the
+   * The attributes go on incomplete/<id>, before the rename, so that the
    * active file never exists without them (Glance's inc_xattr fails on a file
    * without user.hits). The directory fsync that follows the rename commits
    * them along with it on journalling file systems (ext4, XFS).
    */
-  protected recordCachedImage(imageId: string, _size: number, now: number): void {
-    this.reads.forget(imageId);
-    const file = this.getImageFilepath(imageId, 'incomplete');
-    try {
-      setAttributeSync(file, HITS, '0');
-      setAttributeSync(file, LAST_ACCESSED, String(now));
-    } catch (err) {
-      throw new Error(`cannot set the extended attributes of ${file}: ${(err as Error).message}`, { cause: err });
-    }
+  protected commitMetadata(imageId: string): CommitMetadata {
+    return {
+      beforePublish: (file, now) => {
+        this.reads.forget(imageId);
+        try {
+          setAttributeSync(file, HITS, '0');
+          setAttributeSync(file, LAST_ACCESSED, String(now));
+        } catch (err) {
+          throw new Error(`cannot set the extended attributes of ${file}: ${(err as Error).message}`, { cause: err });
+        }
+      },
+      // The attributes are on the file: gone with it.
+      record: () => ({ commit: () => {}, abandon: () => {} }),
+      unrecord: () => {},
+    };
   }
 
   /** The attributes went with the files; only reads not yet written remain to drop. */
@@ -129,23 +131,40 @@ export class XattrDriver extends Driver {
     for (const id of imageIds) this.reads.forget(id);
   }
 
-  protected recordAccess(imageId: string, now: number): void {
-    if (!this.open) return; // closed while a read was still open
-    this.reads.add(imageId, now);
-  }
-
-  /** Writes the reads recorded so far. */
-  private flushReads(): void {
-    const entries = this.reads.take();
-    if (entries !== undefined) this.writeReads(entries);
+  /**
+   * Files without user.hits (copied in, or committed by a Glance that crashed
+   * before setting it) get a count of 0 and their atime as last access, so
+   * that Glance's inc_xattr works on them. There are no records to drop and
+   * no recorded sizes here: both live on the file itself.
+   */
+  protected async repairMetadata(): Promise<MetadataRepairs> {
+    let filesAdopted = 0;
+    let examined = 0;
+    for (const id of await this.activeImageIds()) {
+      const file = this.getImageFilepath(id);
+      try {
+        if (getAttributeSync(file, HITS) === null) {
+          const st = fs.statSync(file);
+          setAttributeSync(file, HITS, '0');
+          if (getAttributeSync(file, LAST_ACCESSED) === null) setAttributeSync(file, LAST_ACCESSED, String(st.atimeMs / 1000));
+          filesAdopted++;
+        }
+      } catch (err) {
+        if (osErrno(err) !== ENOENT && errorCode(err) !== 'ENOENT') throw err; // deleted meanwhile
+      }
+      if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
+    }
+    return { recordsDropped: 0, filesAdopted, sizesCorrected: 0 };
   }
 
   /** Writes recorded reads to the files' attributes. */
-  private writeReads(entries: Map<string, PendingAccess>): void {
+  protected writeReads(entries: Map<string, PendingAccess>): void {
     let failed = 0;
     let lastError: unknown;
     for (const [id, access] of entries) {
       const file = this.getImageFilepath(id);
+      // A read of an earlier copy (deleted, or pruned, and cached again since) counts for nothing.
+      if (!stillTheFileRead(file, access)) continue;
       try {
         // A missing or unreadable count (a file Glance committed without one) starts from 0.
         const hits = parseHits(getAttributeSync(file, HITS)) + access.hits;
@@ -179,7 +198,7 @@ export class XattrDriver extends Driver {
 
   async getHitCount(imageId: string): Promise<number> {
     const file = this.getImageFilepath(imageId);
-    this.flushReads();
+    await this.flushReads();
     // null when the image is not cached (or its file has no count): 0, as Glance says.
     return parseHits(getAttributeSync(file, HITS));
   }
@@ -198,7 +217,7 @@ export class XattrDriver extends Driver {
    * skips reading the counts, which ordering by last access does not need.
    */
   private async scan(withHits: boolean): Promise<CachedImage[]> {
-    this.flushReads();
+    await this.flushReads();
     const images: CachedImage[] = [];
     let examined = 0;
     for (const id of await this.activeImageIds()) {

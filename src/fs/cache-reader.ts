@@ -2,6 +2,13 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 
 const CHUNK = 512 * 1024;
+/**
+ * Bytes read back to back before the next read waits one turn of the event
+ * loop. A consumer that never waits (a hash, an in-memory sink) would
+ * otherwise keep the loop busy with blocking reads for a whole image, and no
+ * timer, socket or database reply would be served meanwhile.
+ */
+const YIELD_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
  * A Readable over [start, end] of an open file descriptor, closed when the
@@ -17,6 +24,7 @@ export class CacheFileReader extends Readable {
   private fd: number | undefined;
   private position: number;
   private readonly last: number;
+  private sinceYield = 0;
 
   /** `end` is inclusive; end < start means nothing to read. */
   constructor(fd: number, start: number, end: number) {
@@ -27,6 +35,15 @@ export class CacheFileReader extends Readable {
   }
 
   override _read(size: number): void {
+    if (this.sinceYield >= YIELD_EVERY_BYTES) {
+      this.sinceYield = 0;
+      setImmediate(() => this.readChunk(size));
+      return;
+    }
+    this.readChunk(size);
+  }
+
+  private readChunk(size: number): void {
     const fd = this.fd;
     if (fd === undefined) return;
     let length = Math.min(Math.max(size, CHUNK), this.last - this.position + 1);
@@ -43,6 +60,7 @@ export class CacheFileReader extends Readable {
         filled += n;
       }
       this.position += filled;
+      this.sinceYield += filled;
       if (filled === 0) {
         this.push(null);
         return;

@@ -1,69 +1,151 @@
 import fs from 'node:fs';
+import { channel } from 'node:diagnostics_channel';
 import { Writable } from 'node:stream';
-import { ImageBeingCached } from '../errors.js';
-import { errorCode, fsyncFd } from './files.js';
+import { nowSeconds } from '../clock.js';
+import { CacheClosed, ClaimLost, ImageAlreadyCached, ImageBeingCached } from '../errors.js';
+import type { Logger } from '../log.js';
+import { claimIncomplete, claimIntact, isAt, type Claim } from './claim.js';
+import type { DirectorySync } from './directory-sync.js';
+import { errorCode, unlinkIfExistsSync } from './files.js';
+import type { CacheIo } from './io.js';
 
-/** What a driver does around the file work of a commit. */
-export interface CommitHooks {
-  /** Record the image (size, times, hits 0) before its file becomes visible. */
-  record(size: number): Promise<void> | void;
-  /** Undo `record` when publishing the file failed. */
-  unrecord(): Promise<void> | void;
-  /** After the rename: make it durable and pop the queue marker. */
-  published(): Promise<void>;
+/** Where a driver keeps an image's metadata, as a commit needs it. */
+export interface CommitMetadata {
+  /**
+   * Before the publish, on the incomplete file, so that the active file never
+   * exists without it (the xattr driver's attributes). A failure aborts the commit.
+   */
+  beforePublish(incompletePath: string, now: number): void | Promise<void>;
+  /**
+   * The record of the new image (size, both times now, hits 0), begun when the
+   * commit begins so that a store with round trips (PostgreSQL) can stage it
+   * while the file is fsynced, and made visible by commit() after the publish:
+   * no record exists before its file does. A failure is logged, not raised:
+   * the image is cached either way, listings show an unrecorded file from its
+   * stat, and verify() records it.
+   */
+  record(size: number, now: number): PendingRecord;
+  /**
+   * Withdraw that record (only if it is still the one written at `now`): the
+   * image was deleted between the publish and the record, and a record that
+   * outlived its copy would describe the next one.
+   */
+  unrecord(now: number): void | Promise<void>;
 }
 
-export interface CacheWriterPaths {
+/** A record begun by CommitMetadata.record: committed after the publish, or abandoned if there is none. */
+export interface PendingRecord {
+  commit(): void | Promise<void>;
+  abandon(): void | Promise<void>;
+}
+
+export interface WriterPaths {
   incomplete: string;
   invalid: string;
   active: string;
+  queueMarker: string;
 }
 
-interface OpenFile {
-  fd: number;
-  ino: number;
-  dev: number;
-  paths: CacheWriterPaths;
-  heartbeat?: NodeJS.Timeout;
+/** Everything a writer needs from its cache, given by the driver. */
+export interface WriterContext {
+  imageId: string;
+  paths: WriterPaths;
+  io: CacheIo;
+  directory: DirectorySync;
+  metadata: CommitMetadata;
+  commits: CommitTracker;
+  log: Logger;
 }
 
 /**
- * A Writable onto incomplete/<id>. Ending it commits (fsync, record, atomic
- * rename into place, directory fsync, queue marker popped) and 'finish' is
- * emitted only once all of that is done. Destroying it, or dropping it
- * unfinished (garbage collection), moves the partial file to invalid/ and
- * leaves no record.
+ * The commits in flight of one cache, so that close() can wait for them and
+ * nothing is published after it.
+ */
+export class CommitTracker {
+  private readonly inFlight = new Set<Promise<void>>();
+  private closed = false;
+
+  /** Runs a commit; rejects with CacheClosed once close() has been called. */
+  run(commit: () => Promise<void>): Promise<void> {
+    if (this.closed) return Promise.reject(new CacheClosed('commit an image'));
+    const running = commit().finally(() => this.inFlight.delete(running));
+    this.inFlight.add(running);
+    return running;
+  }
+
+  /** Refuses new commits and resolves once those in flight have settled. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.inFlight]);
+  }
+}
+
+/** What an abandoned writer leaves for the finalizer: enough to give its file up, nothing that keeps the writer alive. */
+interface Held {
+  imageId: string;
+  claim: Claim;
+  paths: WriterPaths;
+  io: CacheIo;
+}
+
+/**
+ * Published on when a writer dropped without end() or destroy() has been
+ * collected and its file moved to invalid/ (message: { imageId }).
+ */
+export const abandonedWriterChannel = channel('image-cache:writer-abandoned');
+
+/**
+ * A Writable onto incomplete/<id>, which the writer holds under its claim
+ * (claim.ts) from open() until its file is published or discarded.
  *
- * The claim on the image is the exclusive creation of incomplete/<id>, which
- * works across processes. A live writer keeps the file's mtime fresh (writes do,
- * and a heartbeat does while the source is idle), so a file whose mtime is older
- * than the lease belongs to a dead writer and may be taken over.
+ * Ending it commits, and the whole commit is commit() below: begin the
+ * record, fsync, check the file is still ours, refuse if the image got cached
+ * meanwhile, publish (rename into place), then make the rename durable and
+ * commit the record together (withdrawing it if a delete got in between), pop
+ * the queue marker, and only then release the claim and emit 'finish'. Once
+ * the file is published the writer reports success whatever follows, because
+ * readers may already be reading it.
+ *
+ * Destroying it, or dropping it unfinished (garbage collection), moves the
+ * partial file to invalid/ and records nothing.
  */
 export class CacheWriter extends Writable {
   readonly imageId: string;
+  /** The claim took over the file of a writer that had died. */
+  readonly tookOver: boolean;
   /** Bytes written to disk so far; 'progress' is emitted each time it grows. */
   bytesWritten = 0;
-  private file: OpenFile | undefined;
-  private readonly hooks: CommitHooks;
-  private settled = false;
+  private claim: Claim | undefined;
+  private committing: Promise<void> | undefined;
+  private published = false;
+  private readonly ctx: WriterContext;
 
-  private constructor(imageId: string, file: OpenFile, hooks: CommitHooks, leaseMs: number) {
+  private constructor(ctx: WriterContext, claim: Claim) {
     super({ highWaterMark: 1024 * 1024 });
-    this.imageId = imageId;
-    this.file = file;
-    this.hooks = hooks;
-    // The timer holds the writer only weakly, so that an abandoned writer can
-    // be collected; the registry then stops the timer and discards the file.
-    const self = new WeakRef(this);
-    file.heartbeat = setInterval(() => self.deref()?.touch(), Math.max(10, Math.floor(leaseMs / 3)));
-    file.heartbeat.unref();
-    abandoned.register(this, file, this);
+    this.ctx = ctx;
+    this.imageId = ctx.imageId;
+    this.claim = claim;
+    this.tookOver = claim.tookOver;
+    abandoned.register(this, { imageId: ctx.imageId, claim, paths: ctx.paths, io: ctx.io }, this);
   }
 
-  /** Claims incomplete/<id> exclusively; rejects with ImageBeingCached while a live writer holds it. */
-  static open(imageId: string, paths: CacheWriterPaths, hooks: CommitHooks, leaseMs: number): CacheWriter {
-    const file = claim(imageId, paths, leaseMs);
-    return new CacheWriter(imageId, file, hooks, leaseMs);
+  /**
+   * Claims the image. Rejects with ImageAlreadyCached when it is cached, and
+   * with ImageBeingCached while a live writer (in any process) holds it.
+   */
+  static open(ctx: WriterContext): CacheWriter {
+    const { paths, imageId } = ctx;
+    if (fs.existsSync(paths.active)) throw new ImageAlreadyCached(imageId);
+    const claim = claimIncomplete(paths, ctx.io);
+    if (claim === undefined) throw new ImageBeingCached(imageId);
+    // Checked again under the claim: a writer that committed just before we
+    // claimed published before it let go, so its file is visible now.
+    if (fs.existsSync(paths.active)) {
+      discard({ imageId, claim, paths, io: ctx.io });
+      throw new ImageAlreadyCached(imageId);
+    }
+    if (claim.tookOver) ctx.log.info({ imageId }, 'took over the incomplete file of a writer that died');
+    return new CacheWriter(ctx, claim);
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -72,6 +154,20 @@ export class CacheWriter extends Writable {
 
   override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
     this.writeChunks(chunks.map((c) => c.chunk), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.committing = this.ctx.commits.run(() => this.commit());
+    this.committing.then(() => callback(), callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    // A commit under way decides the file's fate; once it has, give up what is left.
+    const settled = this.committing?.catch(() => {}) ?? Promise.resolve();
+    settled.then(() => {
+      if (!this.published) this.abort();
+      callback(error);
+    }, callback);
   }
 
   private writeChunks(chunks: Buffer[], callback: (error?: Error | null) => void): void {
@@ -84,32 +180,17 @@ export class CacheWriter extends Writable {
     callback();
   }
 
-  override _final(callback: (error?: Error | null) => void): void {
-    this.commit().then(() => callback(), callback);
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    if (this.settled) {
-      callback(error);
-      return;
-    }
-    this.abort().then(
-      () => callback(error),
-      (abortError: Error) => callback(error ?? abortError),
-    );
-  }
-
   /**
    * Blocking writes, like nginx's cache writes: they land in the page cache in
    * microseconds, less than a thread-pool hop costs. Durability comes from the
    * fsync at commit, which is asynchronous because its latency has no bound.
    */
   private writeAll(chunks: Buffer[]): void {
-    const file = this.requireFile();
+    const { fd } = this.requireClaim();
     for (const chunk of chunks) {
       let offset = 0;
       while (offset < chunk.length) {
-        const written = fs.writeSync(file.fd, chunk, offset, chunk.length - offset, this.bytesWritten);
+        const written = fs.writeSync(fd, chunk, offset, chunk.length - offset, this.bytesWritten);
         offset += written;
         this.bytesWritten += written;
       }
@@ -117,125 +198,114 @@ export class CacheWriter extends Writable {
     this.emit('progress', this.bytesWritten);
   }
 
+  /** The whole commit, in order. Throws (and the file goes to invalid/) only before the publish. */
   private async commit(): Promise<void> {
-    const file = this.requireFile();
-    this.stopHeartbeat();
-    // The record is written while the thread pool runs the fsync; the rename,
-    // which makes the file visible, waits for both. A record without its
-    // active file is never reported, so recording first is safe.
-    const synced = fsyncFd(file.fd);
-    let recorded = false;
+    const { paths, io, metadata, log, directory } = this.ctx;
+    const size = this.bytesWritten;
+    const claim = this.requireClaim();
+    const now = nowSeconds();
+    const record = startRecord(metadata, size, now);
     try {
-      await this.hooks.record(this.bytesWritten);
-      recorded = true;
-      await synced;
-      assertStillOurs(file);
-      fs.renameSync(file.paths.incomplete, file.paths.active);
+      await io.fsync(claim.fd);
+      this.requireClaim(); // not destroyed meanwhile
+      if (!claimIntact(claim)) throw new ClaimLost(this.imageId, 'was removed or replaced');
+      // Only a process outside the cache can have published the image meanwhile (we hold the claim).
+      if (fs.existsSync(paths.active)) throw new ImageAlreadyCached(this.imageId);
+      await metadata.beforePublish(paths.incomplete, now);
+      this.requireClaim();
+      // We hold the claim, so no cache process can have changed incomplete/<id>
+      // since the check: the rename publishes our file. (Nothing is checked
+      // after it: from this instant the image is public, and a delete and a
+      // new copy by other processes may legitimately follow at once.)
+      io.rename(paths.incomplete, paths.active);
     } catch (err) {
-      await synced.catch(() => {});
-      if (recorded) await this.hooks.unrecord();
+      this.abort();
+      await attempt(() => record.abandon()).catch((abandonError: unknown) => log.error({ imageId: this.imageId, err: abandonError }, 'could not abandon the record of an image that was not published'));
       throw err;
     }
-    this.settle();
-    fs.closeSync(file.fd);
-    await this.hooks.published();
-  }
 
-  private async abort(): Promise<void> {
-    const file = this.file;
-    this.settle();
-    if (file !== undefined) discard(file);
-  }
-
-  private settle(): void {
-    this.settled = true;
-    this.stopHeartbeat();
+    // Published: readers may open it now. Nothing below fails the writer.
+    this.published = true;
     abandoned.unregister(this);
-  }
-
-  private stopHeartbeat(): void {
-    if (this.file?.heartbeat !== undefined) clearInterval(this.file.heartbeat);
-  }
-
-  private touch(): void {
-    const file = this.file;
-    if (file === undefined || this.settled) return;
-    const now = new Date();
-    fs.futimes(file.fd, now, now, () => {});
-  }
-
-  private requireFile(): OpenFile {
-    if (this.file === undefined || this.settled) throw new Error(`cache writer for '${this.imageId}' is closed`);
-    return this.file;
-  }
-}
-
-function claim(imageId: string, paths: CacheWriterPaths, leaseMs: number): OpenFile {
-  const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const fd = fs.openSync(paths.incomplete, flags, 0o644);
-      const st = fs.fstatSync(fd);
-      return { fd, ino: st.ino, dev: st.dev, paths };
-    } catch (err) {
-      if (errorCode(err) !== 'EEXIST' || attempt > 0 || !takeOverStale(paths, leaseMs)) {
-        if (errorCode(err) === 'EEXIST') throw new ImageBeingCached(imageId);
-        throw err;
+    const [synced, recorded] = await Promise.allSettled([directory.sync(), attempt(() => record.commit())]);
+    if (synced.status === 'rejected') log.error({ imageId: this.imageId, err: synced.reason }, 'could not fsync the cache directory after publishing an image; it may not survive a power failure');
+    if (recorded.status === 'rejected') log.error({ imageId: this.imageId, err: recorded.reason }, 'could not record a cached image; verify() will record it from its file');
+    // A delete (or prune) in another process may have come between the publish and the record:
+    // then the record describes a copy that is gone, and must go too.
+    else if (!isAt(paths.active, claim)) {
+      try {
+        await metadata.unrecord(now);
+      } catch (err) {
+        log.error({ imageId: this.imageId, err }, 'could not withdraw the record of an image deleted while it was committed; verify() will drop it');
       }
     }
-  }
-}
-
-/**
- * A leftover incomplete file whose mtime is older than the lease belongs to a
- * writer that died: move it to invalid/ (rename is atomic, so of several
- * processes trying, one wins) and let the caller claim again.
- */
-function takeOverStale(paths: CacheWriterPaths, leaseMs: number): boolean {
-  try {
-    const st = fs.statSync(paths.incomplete);
-    if (Date.now() - st.mtimeMs < leaseMs) return false;
-    fs.renameSync(paths.incomplete, paths.invalid);
-    return true;
-  } catch (err) {
-    return errorCode(err) === 'ENOENT';
-  }
-}
-
-/**
- * clean() may have removed our incomplete file, or a new writer may have taken
- * it over after we stalled: never publish a file that is not the one we wrote.
- */
-function assertStillOurs(file: OpenFile): void {
-  const st = fs.statSync(file.paths.incomplete, { throwIfNoEntry: false });
-  if (st === undefined || st.ino !== file.ino || st.dev !== file.dev) {
-    throw new Error(`incomplete file ${file.paths.incomplete} was removed or replaced while it was being written`);
-  }
-}
-
-/** Closes the file and moves it to invalid/ (only if it is still ours). */
-function discard(file: OpenFile): void {
-  if (file.heartbeat !== undefined) clearInterval(file.heartbeat);
-  try {
-    fs.closeSync(file.fd);
-  } catch {
-    // already closed
-  }
-  const st = fs.statSync(file.paths.incomplete, { throwIfNoEntry: false });
-  if (st !== undefined && st.ino === file.ino && st.dev === file.dev) {
     try {
-      fs.renameSync(file.paths.incomplete, file.paths.invalid);
+      unlinkIfExistsSync(paths.queueMarker);
     } catch (err) {
-      if (errorCode(err) !== 'ENOENT') throw err;
+      log.error({ imageId: this.imageId, err }, 'could not remove the queue marker of a cached image');
     }
+    this.release();
+  }
+
+  /** Gives the file up: to invalid/ if it is still ours, and the claim released. Idempotent. */
+  private abort(): void {
+    const claim = this.claim;
+    if (claim === undefined) return;
+    this.claim = undefined;
+    abandoned.unregister(this);
+    try {
+      discard({ imageId: this.imageId, claim, paths: this.ctx.paths, io: this.ctx.io });
+    } catch (err) {
+      this.ctx.log.error({ imageId: this.imageId, err }, 'could not move an unfinished cache file to invalid/');
+    }
+  }
+
+  private release(): void {
+    const claim = this.claim;
+    this.claim = undefined;
+    if (claim !== undefined) fs.closeSync(claim.fd);
+  }
+
+  private requireClaim(): Claim {
+    if (this.claim === undefined) throw new Error(`cache writer for '${this.imageId}' is closed`);
+    return this.claim;
+  }
+}
+
+/** Runs a step that may be synchronous (and throw) or asynchronous, as a promise that rejects instead of throwing. */
+async function attempt(step: () => void | Promise<void>): Promise<void> {
+  await step();
+}
+
+/** Begins the record; a failure to begin is kept for commit() or abandon() to report, like any other. */
+function startRecord(metadata: CommitMetadata, size: number, now: number): PendingRecord {
+  try {
+    return metadata.record(size, now);
+  } catch (err) {
+    const fail = (): never => {
+      throw err;
+    };
+    return { commit: fail, abandon: () => {} };
+  }
+}
+
+/** Moves a claimed file to invalid/ (if it is still at its path) and releases the claim. */
+function discard({ claim, paths, io }: Held): void {
+  try {
+    if (claimIntact(claim)) io.rename(paths.incomplete, paths.invalid);
+  } catch (err) {
+    if (errorCode(err) !== 'ENOENT') throw err;
+  } finally {
+    fs.closeSync(claim.fd);
   }
 }
 
 /** A writer dropped without end() or destroy() still gives its file up. */
-const abandoned = new FinalizationRegistry<OpenFile>((file) => {
+const abandoned = new FinalizationRegistry<Held>((held) => {
   try {
-    discard(file);
+    discard(held);
   } catch {
     // nothing to report to: the writer is gone
   }
+  abandonedWriterChannel.publish({ imageId: held.imageId });
 });

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { fsyncFd } from './files.js';
+import type { CacheIo } from './io.js';
 
 /**
  * fsync of one directory, shared by everyone who needs it. A rename is durable
@@ -12,7 +12,10 @@ export class DirectorySync {
   private running: Promise<void> | undefined;
   private next: Promise<void> | undefined;
 
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    private readonly io: CacheIo,
+  ) {}
 
   open(): void {
     if (this.fd === undefined) this.fd = fs.openSync(this.path, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
@@ -42,7 +45,7 @@ export class DirectorySync {
   private async run(): Promise<void> {
     try {
       if (this.fd === undefined) throw new Error(`directory ${this.path} is not open for syncing`);
-      await fsyncFd(this.fd);
+      await this.io.fsync(this.fd);
     } finally {
       this.running = undefined;
     }

@@ -90,12 +90,42 @@ describe('image-cache command line', () => {
     assert.equal(fs.existsSync(path.join(root, 'escape')), false);
   });
 
-  it('without a cache directory, or with a bad command or flag, says so and exits non-zero', () => {
+  it('without a cache directory, or with a bad command, flag or arguments, says so, exits non-zero and creates nothing', (t) => {
+    const root = tempDir(t);
+    const cacheDir = path.join(root, 'cache');
     const noDir = cli(['list-cached']);
     assert.equal(noDir.status, 1);
     assert.match(noDir.stderr, /image_cache_dir.*required/);
     assert.equal(cli(['no-such-command']).status, 2);
-    assert.equal(cli(['list-cached', '--no-such-flag', '--image-cache-dir', '/tmp']).status, 2);
-    assert.equal(cli(['delete-cached', '--image-cache-dir', '/tmp']).status, 2);
+    assert.equal(cli(['list-cached', '--no-such-flag', '--image-cache-dir', cacheDir]).status, 2);
+    const noTarget = cli(['delete-cached', '--image-cache-dir', cacheDir]);
+    assert.equal(noTarget.status, 2);
+    assert.match(noTarget.stderr, /either an IMAGE_ID or --all/);
+    assert.equal(cli(['delete-queued', 'x', '--all', '--image-cache-dir', cacheDir]).status, 2);
+    assert.equal(cli(['clean', '--stall-time', '-1', '--image-cache-dir', cacheDir]).status, 2);
+    assert.equal(cli(['prefetch', '--image-cache-dir', cacheDir]).status, 2);
+    assert.equal(cli(['cache-file', 'only-an-id', '--image-cache-dir', cacheDir]).status, 2);
+    // Usage is checked before the cache is opened: no directory, no cache.db.
+    assert.deepEqual(fs.readdirSync(root), []);
+  });
+
+  it('verify repairs what disagrees and says what it did; clean runs it too; queue says why an image was not queued', (t) => {
+    const root = tempDir(t);
+    const cacheDir = path.join(root, 'cache');
+    const file = path.join(root, 'disk.img');
+    fs.writeFileSync(file, Buffer.alloc(100, 1));
+    assert.equal(cli(['cache-file', 'img-1', file, '--image-cache-dir', cacheDir]).status, 0);
+    fs.writeFileSync(path.join(cacheDir, 'copied-in'), Buffer.alloc(10));
+    fs.unlinkSync(path.join(cacheDir, 'img-1'));
+    const verified = cli(['verify', '--json', '--image-cache-dir', cacheDir]);
+    assert.equal(verified.status, 0, verified.stderr);
+    assert.deepEqual(JSON.parse(verified.stdout), { recordsDropped: 1, filesAdopted: 1, sizesCorrected: 0, queueMarkersDropped: 0 });
+    fs.writeFileSync(path.join(cacheDir, 'invalid', 'broken'), 'x');
+    const cleaned = cli(['clean', '--image-cache-dir', cacheDir]);
+    assert.equal(cleaned.status, 0, cleaned.stderr);
+    assert.match(cleaned.stdout, /Removed 1 invalid and 0 stalled files\.\nVerified: dropped 0 records without files, adopted 0 files without records/);
+    const queued = cli(['queue', 'copied-in', 'new-one', '--image-cache-dir', cacheDir]);
+    assert.equal(queued.status, 0, queued.stderr);
+    assert.equal(queued.stdout, 'Not queued copied-in: already cached.\nQueued new-one.\n');
   });
 });

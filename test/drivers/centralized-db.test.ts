@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it, type TestContext } from 'node:test';
+import pg from 'pg';
 import {
   CentralizedDbDriver,
   ImageCache,
@@ -26,13 +27,14 @@ import {
   type ImageCacheOptions,
   type Logger,
 } from '../../src/index.js';
-import { FIXTURE_DATA, collect, makeTempDir, removeDir, waitForClose } from '../helpers.js';
+import { FIXTURE_DATA, cachedIds, collect, makeTempDir, patternedBytes, removeDir, waitForClose, waitUntil } from '../helpers.js';
 import { runConformanceSuite } from './conformance.js';
 import { ADMIN_URL, TestDatabase, unreachableReason } from './pg-helpers.js';
 
 const BAD_DRIVER_CONFIGURATION = { code: 'ERR_BAD_DRIVER_CONFIGURATION', name: 'BadDriverConfiguration', driverName: 'centralized_db' };
 const INVALID_IMAGE_ID = { code: 'ERR_INVALID_IMAGE_ID' };
 const UUID = '6a1e2f3c-0d4b-4c5e-9f60-7a8b9c0d1e2f';
+const NO_REPAIRS = { recordsDropped: 0, filesAdopted: 0, sizesCorrected: 0, queueMarkersDropped: 0 };
 
 /**
  * Glance's tables exactly as SQLAlchemy renders its 2024_1_expand01 migration
@@ -77,7 +79,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
   runConformanceSuite(
     'centralized_db',
     () => ({ databaseConnection: db.url, workerSelfReferenceUrl: `http://node-${++conformanceNode}.conformance:9292` }),
-    { cachedNodes: true },
+    { cachedNodes: true, records: true },
   );
 
   /** A temporary root removed after the test; caches opened through `open` are closed first. */
@@ -137,6 +139,45 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
   }
 
   const urlOf = (cache: ImageCache): string => cache.options.workerSelfReferenceUrl!;
+
+  /** `promise`, or a failure naming `what` once `ms` have passed: a test that would hang fails instead. */
+  async function withinDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms);
+    });
+    try {
+      return await Promise.race([promise, deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Runs `text` on the test's own connection until it returns a row, and
+   * returns that row; fails after `timeoutMs`, or as soon as `failed()` names
+   * a reason to stop waiting.
+   */
+  async function pollRow<R extends pg.QueryResultRow>(what: string, text: string, values: unknown[], failed: () => string | undefined = () => undefined, timeoutMs = 10_000): Promise<R> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const reason = failed();
+      if (reason !== undefined) throw new Error(`while waiting for ${what}: ${reason}`);
+      const [row] = await db.query<R>(text, values);
+      if (row !== undefined) return row;
+      if (Date.now() > deadline) throw new Error(`${what}: not seen within ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+
+  /** A connection of the test's own to the test database, ended after the test (which rolls back what it left open). */
+  async function session(t: TestContext): Promise<{ client: pg.Client; pid: number }> {
+    const client = new pg.Client({ connectionString: db.url, connectionTimeoutMillis: 5_000 });
+    t.after(() => client.end().catch(() => {}));
+    await client.connect();
+    const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    return { client, pid: rows[0]!.pid };
+  }
 
   describe('configuration', () => {
     it('without worker_self_reference_url configure() throws BadDriverConfiguration, and ImageCache falls back to sqlite', async (t) => {
@@ -274,7 +315,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       assert.deepEqual((await db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'fresh' ORDER BY 1")).map((r) => r.tablename), ['cached_images', 'node_reference']);
     });
 
-    it('uses tables Glance created as they are: UUID images work, an ID longer than Glance\'s VARCHAR(36) is refused at commit, and reads rows Glance wrote', async (t) => {
+    it('uses tables Glance created as they are: UUID images work, an ID longer than Glance\'s VARCHAR(36) is refused by openForWrite before anything is written, and reads rows Glance wrote', async (t) => {
       await db.query(`CREATE SCHEMA glance_made; SET search_path = glance_made; ${GLANCE_DDL}; RESET search_path`);
       t.after(() => db.query('DROP SCHEMA glance_made CASCADE'));
       const { open, dir } = fixture(t);
@@ -286,9 +327,13 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       assert.deepEqual(await cache.getCachedNodes(UUID), [self]);
 
       const long = 'x'.repeat(37);
-      await assert.rejects(cache.cacheImageFile(long, Readable.from([FIXTURE_DATA])), { ...INVALID_IMAGE_ID, message: /36 characters/ });
+      await assert.rejects(cache.openForWrite(long), { ...INVALID_IMAGE_ID, message: /36 characters/ });
+      const source = Readable.from([FIXTURE_DATA]);
+      await assert.rejects(cache.cacheImageFile(long, source), { ...INVALID_IMAGE_ID, message: /36 characters/ });
+      assert.equal(source.readableDidRead, false, 'the download was started for an image that cannot be recorded');
       assert.equal(await cache.isCached(long), false);
-      assert.equal(fs.existsSync(path.join(dir('glance-node'), 'invalid', long)), true);
+      assert.deepEqual(fs.readdirSync(path.join(dir('glance-node'), 'incomplete')), [], 'nothing was written to incomplete/');
+      assert.deepEqual(fs.readdirSync(path.join(dir('glance-node'), 'invalid')), [], 'nothing was left in invalid/');
 
       // A row as Glance's insert_cache_details writes it (naive UTC datetimes), with its file.
       const glanceId = 'a1b2c3d4-0000-4000-8000-00000000000a';
@@ -372,6 +417,84 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       }
       assert.deepEqual(await rowsOf(urlOf(a)), [{ image_id: UUID, hits: 1 }]);
     });
+
+    it('reads of an image file that has no row (copied in behind the cache\'s back) count: the row is made with the hits and the file\'s size', async (t) => {
+      const { open, dir } = fixture(t);
+      const cache = await open('copied-node');
+      const data = patternedBytes(300);
+      const file = path.join(dir('copied-node'), UUID);
+      fs.writeFileSync(file, data);
+      const mtime = fs.statSync(file).mtimeMs / 1000;
+      assert.deepEqual(await rowsOf(urlOf(cache)), []);
+
+      assert.deepEqual(await read(cache, UUID), data);
+      assert.deepEqual(await read(cache, UUID), data);
+      assert.equal(await cache.getHitCount(UUID), 2);
+      const rows = await db.query<{ image_id: string; hits: number; size: string; modified: number }>(
+        `SELECT c.image_id, c.hits, c.size, EXTRACT(EPOCH FROM c.last_modified)::float8 AS modified
+         FROM cached_images c JOIN node_reference n USING (node_reference_id) WHERE n.node_reference_url = $1`,
+        [urlOf(cache)],
+      );
+      assert.deepEqual(rows.map((r) => [r.image_id, r.hits, Number(r.size)]), [[UUID, 2, 300]]);
+      assert.ok(Math.abs(rows[0]!.modified - mtime) < 1e-5, `last_modified ${rows[0]!.modified} is not the file's mtime ${mtime}`);
+      assert.deepEqual((await cache.getCachedImages()).map((i) => [i.imageId, i.hits, i.size]), [[UUID, 2, 300]]);
+      assert.deepEqual(await cache.verify(), NO_REPAIRS, 'the reads recorded the file already');
+
+      // A file read and then deleted before its hit is written gets no row: the hit has nothing to count for.
+      const gone = 'copied-then-deleted';
+      fs.writeFileSync(path.join(dir('copied-node'), gone), data);
+      const stream = await cache.openForRead(gone);
+      fs.unlinkSync(path.join(dir('copied-node'), gone));
+      assert.deepEqual(await collect(stream), data);
+      await waitForClose(stream);
+      assert.deepEqual(await cachedIds(cache), [UUID]);
+      assert.deepEqual(await rowsOf(urlOf(cache)), [{ image_id: UUID, hits: 2 }]);
+    });
+
+    it('a query returns under a steady stream of reads: flushing waits only for the reads recorded before it', async (t) => {
+      const { open } = fixture(t);
+      const cache = await open('busy-node');
+      await put(cache, UUID);
+      let stop = false;
+      let completed = 0;
+      // Readers that never pause: every turn of the event loop closes more reads, so a batch
+      // is always waiting behind the one being written. They only yield the turn between reads:
+      // a read of a cached file is synchronous from open to close, so a loop without that would
+      // hold the event loop itself, and nothing (no timer, no database reply) could run at all.
+      const reader = async (): Promise<void> => {
+        while (!stop) {
+          await read(cache, UUID);
+          completed++;
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      };
+      const readers = Array.from({ length: 8 }, reader);
+      try {
+        await waitUntil(() => completed >= 100, 10_000);
+
+        // Each query is asked straight after a read of the test's own has closed, so that it
+        // always has unwritten reads to flush (a flush that waited for the batch to be empty
+        // would never return here; one asked at a moment when the batch happens to be empty would).
+        await read(cache, UUID);
+        const before = ++completed;
+        const images = await withinDeadline(cache.getCachedImages(), 10_000, 'getCachedImages() under a steady stream of reads');
+        const after = completed;
+        assert.ok(after > before, 'no read completed while the listing ran: the stream of reads was not steady, and the test proves nothing');
+        const hits = images.find((i) => i.imageId === UUID)?.hits ?? -1;
+        assert.ok(hits >= before && hits <= after, `listed ${hits} hits; ${before} reads had closed when it was asked, ${after} when it returned`);
+
+        await read(cache, UUID);
+        const asked = ++completed;
+        const counted = await withinDeadline(cache.getHitCount(UUID), 10_000, 'getHitCount() under a steady stream of reads');
+        assert.ok(counted >= asked && counted <= completed, `getHitCount() said ${counted}; ${asked} reads had closed when it was asked, ${completed} when it returned`);
+      } finally {
+        stop = true;
+        await Promise.all(readers);
+      }
+      // And once the reads stop, nothing was lost.
+      assert.equal(await cache.getHitCount(UUID), completed);
+      assert.deepEqual(await rowsOf(urlOf(cache)), [{ image_id: UUID, hits: completed }]);
+    });
   });
 
   describe('several nodes on one database', () => {
@@ -444,18 +567,196 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       assert.deepEqual(await read(b, one), FIXTURE_DATA);
     });
 
-    it('a directory the sqlite driver used: its images are adopted and its cache.db is not one of them', async (t) => {
+    it('verify() drops the row of a file deleted behind the node\'s back, so that other nodes stop listing the node for it; listings alone write nothing', async (t) => {
+      const { open, dir } = fixture(t);
+      // Rows stay behind when nodes close: an image ID no other test used keeps getCachedNodes to this test's nodes.
+      const image = randomUUID();
+      const kept = `${image}.kept`;
+      const a = await open('node-a');
+      const b = await open('node-b');
+      await put(a, image);
+      await put(b, image);
+      await put(b, kept);
+      const both = [urlOf(a), urlOf(b)].sort();
+      assert.deepEqual(await a.getCachedNodes(image), both);
+
+      fs.unlinkSync(path.join(dir('node-b'), image));
+      // Node b's own view hides the image at once...
+      assert.deepEqual(await cachedIds(b), [kept]);
+      assert.equal(await b.getCacheSize(), 1024);
+      assert.deepEqual(await b.listLeastRecentlyAccessed(), [{ imageId: kept, size: 1024 }]);
+      assert.deepEqual(await b.getCachedNodes(image), [urlOf(a)]);
+      assert.equal(await b.getHitCount(image), 0);
+      // ...but writes nothing: the phantom row is still in the table, and node a still sees b holding the image.
+      assert.deepEqual(await rowsOf(urlOf(b)), [{ image_id: image, hits: 0 }, { image_id: kept, hits: 0 }]);
+      assert.deepEqual(await a.getCachedNodes(image), both);
+
+      assert.deepEqual(await b.verify(), { ...NO_REPAIRS, recordsDropped: 1 });
+      assert.deepEqual(await rowsOf(urlOf(b)), [{ image_id: kept, hits: 0 }]);
+      assert.deepEqual(await a.getCachedNodes(image), [urlOf(a)], 'node a still lists node b for an image b no longer holds');
+      assert.deepEqual(await rowsOf(urlOf(a)), [{ image_id: image, hits: 0 }], 'node b\'s verify() touched node a\'s row');
+      assert.deepEqual(await b.verify(), NO_REPAIRS);
+
+      // A file rewritten behind the node's back: its listed size is the row's until verify() corrects it.
+      const rowSize = async (): Promise<number | undefined> => (await db.query<{ size: string }>(
+        'SELECT c.size FROM cached_images c JOIN node_reference n USING (node_reference_id) WHERE n.node_reference_url = $1 AND c.image_id = $2',
+        [urlOf(b), kept],
+      )).map((row) => Number(row.size))[0];
+      fs.writeFileSync(path.join(dir('node-b'), kept), Buffer.alloc(10));
+      assert.deepEqual((await b.getCachedImages()).map((i) => [i.imageId, i.size]), [[kept, 1024]]);
+      assert.equal(await rowSize(), 1024);
+      assert.deepEqual(await b.verify(), { ...NO_REPAIRS, sizesCorrected: 1 });
+      assert.equal(await rowSize(), 10);
+      assert.deepEqual((await b.getCachedImages()).map((i) => [i.imageId, i.size]), [[kept, 10]]);
+
+      // clean() runs verify() after cleaning, and reports both.
+      fs.unlinkSync(path.join(dir('node-b'), kept));
+      assert.deepEqual(await b.getCachedNodes(kept), []);
+      assert.deepEqual(await a.getCachedNodes(kept), [urlOf(b)], 'node b\'s row, out of node a\'s sight');
+      assert.deepEqual(await b.clean(), { invalid: 0, stalled: 0, ...NO_REPAIRS, recordsDropped: 1 });
+      assert.deepEqual(await a.getCachedNodes(kept), []);
+      assert.deepEqual(await rowsOf(urlOf(b)), []);
+    });
+
+    it('a directory the sqlite driver used: its images are listed at once, recorded by verify(), and its cache.db is not one of them', async (t) => {
       const { dir, open } = fixture(t);
       const sqlite = await ImageCache.create({ imageCacheDir: dir('switched'), logger: silentLogger });
       await put(sqlite, UUID);
       await sqlite.close();
       assert.equal(fs.existsSync(path.join(dir('switched'), 'cache.db')), true);
       const cache = await open('switched');
-      assert.deepEqual((await cache.getCachedImages()).map((i) => [i.imageId, i.hits, i.size]), [[UUID, 0, 1024]]);
+      const listed = await cache.getCachedImages();
+      assert.deepEqual(listed.map((i) => [i.imageId, i.hits, i.size]), [[UUID, 0, 1024]]);
+      assert.deepEqual(await rowsOf(urlOf(cache)), [], 'listing wrote a row');
+      assert.deepEqual(await cache.verify(), { ...NO_REPAIRS, filesAdopted: 1 });
       assert.deepEqual(await rowsOf(urlOf(cache)), [{ image_id: UUID, hits: 0 }]);
+      assert.deepEqual(await cache.getCachedImages(), listed, 'adopting the file changed what the listing shows');
+      assert.deepEqual(await cache.verify(), NO_REPAIRS);
       await assert.rejects(cache.isCached('cache.db'), INVALID_IMAGE_ID);
       assert.equal(await cache.deleteAllCachedImages(), 1);
       assert.equal(fs.existsSync(path.join(dir('switched'), 'cache.db')), true);
+    });
+  });
+
+  describe('retries', () => {
+    /**
+     * PostgreSQL checks a waiting session for a deadlock once, deadlock_timeout
+     * after it starts to wait, so the session that closes a cycle is the one
+     * that finds it (a session already waiting has done its check). To make the
+     * driver's session the victim, the driver must be the last to wait: a gate
+     * holds row A, the driver's DELETE waits for it, the test's transaction
+     * (which holds B) queues behind the driver for A, and only then the gate
+     * opens: the driver takes A and waits for B while the test waits for the
+     * driver. (Locking A straight after the driver blocks on B makes the
+     * test's own session the one that detects the deadlock, after its own
+     * timeout, and the driver never sees an error.)
+     */
+    it('a real deadlock between the driver\'s delete and another transaction (40P01) is retried, and the delete then succeeds', async (t) => {
+      const schema = 'deadlock_retry';
+      await db.query(`CREATE SCHEMA ${schema}`);
+      // Ended (rolled back) after the test before the cache is closed, so that nothing waits on them.
+      const tx = await session(t);
+      const gate = await session(t);
+      t.after(() => db.query(`DROP SCHEMA ${schema} CASCADE`));
+      const { open } = fixture(t);
+      // The superuser may lower deadlock_timeout for the driver's own sessions only.
+      const cache = await open('deadlock-node', { databaseConnection: db.urlWith({ options: `-c deadlock_timeout=100ms -c search_path=${schema}` }) });
+      const table = `${schema}.cached_images`;
+      // Sorted, the driver deletes A before B; in a fresh table A is also first in every scan order.
+      const [a, b] = ['deadlock-a', 'deadlock-b'];
+      await put(cache, a);
+      await put(cache, b);
+      const deadlocks = async () => Number((await db.query<{ n: string }>('SELECT deadlocks AS n FROM pg_stat_database WHERE datname = current_database()'))[0]!.n);
+      const deadlocksBefore = await deadlocks();
+
+      // The test's transaction must never be the victim.
+      await tx.client.query("SET deadlock_timeout = '10s'");
+      await tx.client.query('BEGIN');
+      assert.equal((await tx.client.query(`UPDATE ${table} SET hits = hits + 1 WHERE image_id = $1`, [b])).rowCount, 1);
+      await gate.client.query('BEGIN');
+      assert.equal((await gate.client.query(`SELECT 1 FROM ${table} WHERE image_id = $1 FOR UPDATE`, [a])).rowCount, 1);
+
+      let outcome: string | undefined;
+      const deleting = cache.driver.deleteCachedImages([b, a]).then(
+        (n) => ((outcome = `resolved (${n})`), n),
+        (err: unknown) => {
+          outcome = `failed: ${String(err)}`;
+          throw err;
+        },
+      );
+      deleting.catch(() => {}); // awaited below; this only keeps an early failure from going unhandled
+      const settledEarly = () => (outcome === undefined ? undefined : `the driver's delete ${outcome} while it should have been waiting`);
+      const waitingOn = (holder: number) => pollRow<{ pid: number }>(
+        `the driver's delete to wait on session ${holder}`,
+        `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'image-cache' AND $1 = ANY(pg_blocking_pids(pid))`,
+        [holder],
+        settledEarly,
+      );
+
+      const driver = await waitingOn(gate.pid);
+      const updatingA = tx.client.query(`UPDATE ${table} SET hits = hits + 1 WHERE image_id = $1`, [a]);
+      updatingA.catch(() => {}); // awaited below
+      await pollRow('the test transaction to queue behind the driver for row A', 'SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND $2 = ANY(pg_blocking_pids($1))', [tx.pid, driver.pid], settledEarly);
+      await gate.client.query('ROLLBACK');
+
+      // The cycle: the driver's session finds it, its statement is rolled back, and the test's UPDATE goes through.
+      const updated = await withinDeadline(updatingA, 10_000, 'the test transaction\'s UPDATE of row A (if it failed with 40P01, the test\'s own session was the victim)');
+      assert.equal(updated.rowCount, 1);
+      // The driver retried: its DELETE now waits for the test's transaction instead of having failed.
+      await waitingOn(tx.pid);
+      await tx.client.query('COMMIT');
+      assert.equal(await withinDeadline(deleting, 10_000, 'the driver\'s delete after the test transaction committed'), 2);
+      assert.deepEqual(await db.query(`SELECT image_id FROM ${table}`), []);
+      assert.deepEqual(await cachedIds(cache), []);
+      // PostgreSQL counted the deadlock (a session reports its statistics within about a second of going idle).
+      await pollRow('pg_stat_database to count the deadlock', 'SELECT 1 WHERE (SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()) > $1', [deadlocksBefore]);
+    });
+
+    it('a commit\'s record that PostgreSQL refuses once is written by the retry only when the refusal is retryable; otherwise verify() records the file', async (t) => {
+      const schema = 'record_refusal';
+      await db.query(`CREATE SCHEMA ${schema}`);
+      t.after(() => db.query(`DROP SCHEMA ${schema} CASCADE`));
+      const errors: Array<{ message: string; code: unknown }> = [];
+      const logger: Logger = { ...silentLogger, error: (fields, message) => errors.push({ message, code: (fields.err as { code?: unknown } | undefined)?.code }) };
+      const { open } = fixture(t);
+      const cache = await open('refusing-node', { databaseConnection: db.urlWith({ options: `-c search_path=${schema}` }), logger });
+      // The server refuses the first insert of each listed image with the listed SQLSTATE; a
+      // sequence counts the attempts (nextval() is not rolled back with the refused statement).
+      await db.query(`
+        CREATE TABLE ${schema}.refusals (image_id text PRIMARY KEY, sqlstate text NOT NULL, attempts regclass NOT NULL);
+        CREATE SEQUENCE ${schema}.retryable_attempts;
+        CREATE SEQUENCE ${schema}.fatal_attempts;
+        INSERT INTO ${schema}.refusals VALUES ('retryable', '40001', '${schema}.retryable_attempts'), ('fatal', '23514', '${schema}.fatal_attempts');
+        CREATE FUNCTION ${schema}.refuse_first_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE refusal record;
+        BEGIN
+          SELECT * INTO refusal FROM ${schema}.refusals WHERE image_id = NEW.image_id;
+          IF FOUND AND nextval(refusal.attempts) = 1 THEN
+            RAISE EXCEPTION 'refused by the test' USING ERRCODE = refusal.sqlstate;
+          END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_first_insert BEFORE INSERT ON ${schema}.cached_images FOR EACH ROW EXECUTE FUNCTION ${schema}.refuse_first_insert();
+      `);
+      const attempts = async (sequence: string) =>
+        Number((await db.query<{ n: string }>(`SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM ${schema}.${sequence}`))[0]!.n);
+      const rows = () => db.query(`SELECT image_id, hits, size::int AS size FROM ${schema}.cached_images ORDER BY image_id COLLATE "C"`);
+
+      // 40001 (serialization_failure): refused, retried, recorded.
+      await put(cache, 'retryable');
+      assert.equal(await attempts('retryable_attempts'), 2, 'refused once, then inserted by the retry');
+      assert.deepEqual(await rows(), [{ image_id: 'retryable', hits: 0, size: 1024 }]);
+      assert.deepEqual(errors, []);
+
+      // 23514 (check_violation): not retried. The image is cached all the same (published before it is recorded) and listed from its file.
+      await put(cache, 'fatal');
+      assert.equal(await attempts('fatal_attempts'), 1, 'a refusal that is not retryable was retried');
+      assert.deepEqual(await rows(), [{ image_id: 'retryable', hits: 0, size: 1024 }]);
+      assert.deepEqual(errors, [{ message: 'could not record a cached image; verify() will record it from its file', code: '23514' }]);
+      assert.deepEqual(await cachedIds(cache), ['fatal', 'retryable']);
+      assert.deepEqual(await read(cache, 'fatal'), FIXTURE_DATA);
+      assert.deepEqual(await cache.verify(), NO_REPAIRS, 'the read recorded the file already');
+      assert.deepEqual(await rows(), [{ image_id: 'fatal', hits: 1, size: 1024 }, { image_id: 'retryable', hits: 0, size: 1024 }]);
     });
   });
 });

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import readline from 'node:readline';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -53,17 +55,20 @@ describe('several processes sharing one cache directory', () => {
     }
   });
 
-  it('two processes racing to cache one image: one writes it, the other is told it is being cached', async () => {
+  it('two processes racing to cache one image: one writes it, the other is told it is being (or has been) cached', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'image-cache-race-'));
     dirs.push(dir);
+    // Each process opens its cache, says "ready", and claims only when told "go", so both claims start together.
     const script = `
+      import readline from 'node:readline';
       import { ImageCache, silentLogger } from ${JSON.stringify(new URL('../../src/index.js', import.meta.url).href)};
       const cache = await ImageCache.create({ imageCacheDir: process.argv[1], logger: silentLogger });
       const fill = Buffer.alloc(1 << 20, process.argv[2]);
+      console.log('ready');
+      for await (const line of readline.createInterface({ input: process.stdin })) if (line === 'go') break;
       try {
         const writer = await cache.openForWrite('same');
-        // Hold the claim a while, writing slowly, so the other process arrives meanwhile.
-        for (let i = 0; i < 8; i++) { writer.write(fill); await new Promise((r) => setTimeout(r, 25)); }
+        for (let i = 0; i < 8; i++) await new Promise((resolve, reject) => writer.write(fill, (err) => (err ? reject(err) : resolve())));
         await new Promise((resolve, reject) => writer.end((err) => (err ? reject(err) : resolve())));
         console.log('wrote');
       } catch (err) {
@@ -71,9 +76,15 @@ describe('several processes sharing one cache directory', () => {
       } finally {
         await cache.close();
       }`;
-    const [a, b] = await Promise.all(['a', 'b'].map((fill) => run(process.execPath, ['--input-type=module', '-e', script, dir, fill], { timeout: 30_000 })));
-    const outcomes = [a!.stdout.trim(), b!.stdout.trim()].sort();
-    assert.deepEqual(outcomes, ['ERR_IMAGE_BEING_CACHED', 'wrote']);
+    const children = ['a', 'b'].map((fill) => spawn(process.execPath, ['--input-type=module', '-e', script, dir, fill], { stdio: ['pipe', 'pipe', 'inherit'] }));
+    const outputs = children.map((child) => readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]());
+    for (const output of outputs) assert.equal((await output.next()).value, 'ready');
+    for (const child of children) child.stdin.write('go\n');
+    const outcomes = (await Promise.all(outputs.map(async (output) => (await output.next()).value as string))).sort();
+    for (const child of children) child.stdin.end();
+    await Promise.all(children.map((child) => (child.exitCode === null ? once(child, 'exit') : undefined)));
+    assert.equal(outcomes.filter((o) => o === 'wrote').length, 1, `outcomes: ${outcomes.join(', ')}`);
+    assert.ok(['ERR_IMAGE_BEING_CACHED', 'ERR_IMAGE_ALREADY_CACHED'].includes(outcomes.find((o) => o !== 'wrote')!), `outcomes: ${outcomes.join(', ')}`);
     const bytes = fs.readFileSync(path.join(dir, 'same'));
     assert.equal(bytes.length, 8 << 20);
     assert.ok(bytes.every((byte) => byte === bytes[0]), 'the file holds one writer\'s bytes only');

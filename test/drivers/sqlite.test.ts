@@ -12,9 +12,10 @@ import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { ImageCache, silentLogger, type DriverName, type ImageCacheOptions } from '../../src/index.js';
 import { patternedBytes, readAll, tempRoot } from '../helpers.js';
+import { LRU_ORDER_QUERY } from '../../src/drivers/sqlite.js';
 import { runConformanceSuite } from './conformance.js';
 
-runConformanceSuite('sqlite', () => ({}), { cachedNodes: false });
+runConformanceSuite('sqlite', () => ({}), { cachedNodes: false, records: true });
 
 /** Glance's table, exactly as glance/image_cache/drivers/sqlite.py creates it. */
 const GLANCE_SCHEMA = `CREATE TABLE IF NOT EXISTS cached_images (
@@ -183,7 +184,7 @@ print(json.dumps({"before": before, "size": size, "read": read}))
     assert.equal(await again.getCacheSize(), 1400);
   });
 
-  it('keeps the database in WAL mode while open, back in rollback-journal (delete) mode after close, with an index on last_accessed', async (t) => {
+  it('keeps the database in WAL mode while open, back in rollback-journal (delete) mode after close, with Glance\'s columns', async (t) => {
     const { root, track } = tempRoot(t, 'image-cache-sqlite-');
     const dir = path.join(root, 'cache');
     const dbPath = path.join(dir, 'cache.db');
@@ -193,9 +194,6 @@ print(json.dumps({"before": before, "size": size, "read": read}))
 
     const db = new Database(dbPath, { readonly: true, fileMustExist: true });
     try {
-      const indexes = db.prepare<[], { name: string }>("SELECT name FROM pragma_index_list('cached_images')").all();
-      const leading = indexes.map((index) => db.prepare<[], { name: string }>(`SELECT name FROM pragma_index_info('${index.name.replace(/'/g, "''")}') ORDER BY seqno`).all()[0]?.name);
-      assert.ok(leading.includes('last_accessed'), `no index leads with last_accessed (indexes: ${JSON.stringify(indexes)})`);
       const columns = db.prepare<[], { name: string; type: string }>("SELECT name, type FROM pragma_table_info('cached_images') ORDER BY cid").all();
       assert.deepEqual(columns.map((c) => [c.name, c.type]), [
         ['image_id', 'TEXT'], ['last_accessed', 'REAL'], ['last_modified', 'REAL'], ['size', 'INTEGER'], ['hits', 'INTEGER'], ['checksum', 'TEXT'],
@@ -208,6 +206,30 @@ print(json.dumps({"before": before, "size": size, "read": read}))
     assert.equal(journalMode(dbPath), 'delete');
     assert.equal(fs.existsSync(`${dbPath}-wal`), false);
     assert.equal(fs.existsSync(`${dbPath}-shm`), false);
+  });
+
+  it('keeps one index of its own, and it serves a query: prune\'s walk in last-access order reads the index alone (the old index that served nothing is dropped)', async (t) => {
+    const { root, track } = tempRoot(t, 'image-cache-sqlite-');
+    const dir = path.join(root, 'cache');
+    fs.mkdirSync(dir, { recursive: true });
+    // A cache.db from the earlier version, with its index on last_accessed alone.
+    const old = new Database(path.join(dir, 'cache.db'));
+    old.exec(GLANCE_SCHEMA);
+    old.exec('CREATE INDEX cached_images_last_accessed_idx ON cached_images (last_accessed)');
+    old.close();
+    const cache = track(await createCache(dir));
+    for (const id of ['b', 'a', 'c']) await cache.cacheImageFile(id, (async function* () { yield Buffer.from(id); })());
+    await readAll(cache, 'b');
+    const db = new Database(path.join(dir, 'cache.db'), { readonly: true, fileMustExist: true });
+    try {
+      const indexes = db.prepare<[], { name: string; origin: string }>("SELECT name, origin FROM pragma_index_list('cached_images')").all();
+      assert.deepEqual(indexes.filter((i) => i.origin === 'c').map((i) => i.name), ['cached_images_lru_order']);
+      const plan = db.prepare<[], { detail: string }>(`EXPLAIN QUERY PLAN ${LRU_ORDER_QUERY}`).all().map((row) => row.detail);
+      assert.deepEqual(plan, ['SCAN cached_images USING COVERING INDEX cached_images_lru_order']);
+    } finally {
+      db.close();
+    }
+    assert.deepEqual((await cache.listLeastRecentlyAccessed()).map((e) => e.imageId), ['a', 'c', 'b']);
   });
 
   it('with two caches open on one directory, the database stays usable until the last one closes, which leaves no WAL files', async (t) => {

@@ -14,7 +14,7 @@ import { ImageCache, XattrDriver, resolveOptions, silentLogger, type ImageCacheO
 import { collect, makeTempDir, patternedBytes, readAll, removeDir, tempRoot, waitForClose } from '../helpers.js';
 import { runConformanceSuite } from './conformance.js';
 
-runConformanceSuite('xattr', () => ({}), { cachedNodes: false });
+runConformanceSuite('xattr', () => ({}), { cachedNodes: false, records: false });
 
 const INVALID_IMAGE_ID = { code: 'ERR_INVALID_IMAGE_ID' };
 

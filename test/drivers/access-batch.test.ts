@@ -1,0 +1,134 @@
+/** AccessBatch: reads written in batches, one write at a time, and a flush that finishes under any load. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { AccessBatch, type PendingAccess } from '../../src/drivers/access-batch.js';
+import type { Logger } from '../../src/log.js';
+import { deferred } from '../helpers.js';
+
+type Batch = Record<string, PendingAccess>;
+
+/** A batch whose writes are recorded, and held until the test releases them when `gated`. */
+function recorder(gated = false) {
+  const writes: Batch[] = [];
+  const gates: Array<() => void> = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const errors: string[] = [];
+  const log: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: (_f, message) => errors.push(message) };
+  let failNext = false;
+  const batch = new AccessBatch(async (entries) => {
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    try {
+      writes.push(Object.fromEntries([...entries].map(([id, access]) => [id, { ...access }])));
+      if (gated) {
+        const gate = deferred();
+        gates.push(() => gate.resolve());
+        await gate.promise;
+      }
+      if (failNext) {
+        failNext = false;
+        throw new Error('database is locked');
+      }
+    } finally {
+      inFlight--;
+    }
+  }, log, () => 'test');
+  /** Resolves once `n` writes have begun (a write starts a microtask or more after the flush that queues it). */
+  const begun = async (n: number): Promise<void> => {
+    for (let i = 0; i < 100 && writes.length < n; i++) await Promise.resolve();
+    assert.ok(writes.length >= n, `${writes.length} writes began, expected ${n}`);
+  };
+  return { batch, writes, gates, errors, begun, maxInFlight: () => maxInFlight, failOnce: () => (failNext = true) };
+}
+
+const read = (at: number, size = 100) => ({ at, ino: 7, size, lastModified: 1 });
+const turn = () => new Promise((resolve) => setImmediate(resolve));
+
+describe('AccessBatch', () => {
+  it('reads closed during one turn of the event loop become one write: hits summed, latest access kept', async () => {
+    const r = recorder();
+    r.batch.add('a', read(10));
+    r.batch.add('a', read(30));
+    r.batch.add('a', read(20));
+    r.batch.add('b', read(5, 7));
+    assert.equal(r.writes.length, 0, 'nothing is written synchronously');
+    await turn();
+    await r.batch.settled();
+    assert.deepEqual(r.writes, [{
+      a: { hits: 3, lastAccessed: 30, ino: 7, size: 100, lastModified: 1 },
+      b: { hits: 1, lastAccessed: 5, ino: 7, size: 7, lastModified: 1 },
+    }]);
+  });
+
+  it('flush() finishes under a steady stream of reads: one write in flight, at most one queued behind it, taking whatever has gathered', async () => {
+    const r = recorder(true);
+    r.batch.add('a', read(1));
+    const first = r.batch.flush();
+    await r.begun(1);
+    // While the first write is in flight, reads keep arriving and flushes keep being asked for.
+    const flushes: Array<Promise<void>> = [];
+    for (let i = 0; i < 50; i++) {
+      r.batch.add('b', read(2 + i));
+      flushes.push(r.batch.flush());
+      await turn();
+    }
+    assert.equal(r.writes.length, 1, 'a second write started while one was in flight');
+    assert.equal(new Set(flushes).size, 1, 'each flush queued a write of its own');
+    r.gates[0]!();
+    await first;
+    await r.begun(2);
+    assert.deepEqual(r.writes[1], { b: { hits: 50, lastAccessed: 51, ino: 7, size: 100, lastModified: 1 } }, 'the queued write took every read gathered meanwhile');
+    // Reads that arrive during the second write go to a third; the earlier flushes do not wait for it.
+    r.batch.add('c', read(100));
+    const later = r.batch.flush();
+    r.gates[1]!();
+    await Promise.all(flushes);
+    let laterDone = false;
+    void later.then(() => (laterDone = true));
+    await turn();
+    assert.equal(laterDone, false, 'the earlier flushes resolved while the third write was still held');
+    await r.begun(3);
+    r.gates[2]!();
+    await later;
+    assert.deepEqual(r.writes.map((w) => Object.keys(w)), [['a'], ['b'], ['c']]);
+    assert.equal(r.maxInFlight(), 1, 'two writes ran at once');
+  });
+
+  it('a failed write is logged and the batches after it are still written', async () => {
+    const r = recorder();
+    r.failOnce();
+    r.batch.add('a', read(1));
+    await r.batch.flush();
+    assert.deepEqual(r.errors, ['could not record image reads']);
+    r.batch.add('b', read(2));
+    await r.batch.flush();
+    assert.deepEqual(r.writes.map((w) => Object.keys(w)), [['a'], ['b']]);
+  });
+
+  it('forget() drops the unwritten reads of an image; settled() waits for the write in flight without starting another', async () => {
+    const r = recorder(true);
+    r.batch.add('a', read(1));
+    const flushing = r.batch.flush();
+    r.batch.add('b', read(2));
+    r.batch.add('c', read(3));
+    r.batch.forget('b');
+    const settled = r.batch.settled();
+    await r.begun(1);
+    r.gates[0]!();
+    await flushing;
+    await settled;
+    assert.equal(r.writes.length, 1, 'settled() started a write');
+    const next = r.batch.flush();
+    await r.begun(2);
+    r.gates[1]!();
+    await next;
+    assert.deepEqual(r.writes.map((w) => Object.keys(w)), [['a'], ['c']]);
+  });
+
+  it('flush() with nothing pending resolves at once', async () => {
+    const r = recorder();
+    await r.batch.flush();
+    assert.equal(r.writes.length, 0);
+  });
+});
