@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Readable, type Stream } from 'node:stream';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { ImageCache, silentLogger, type CacheWriter, type ImageCacheOptions } from '../src/index.js';
+import { ImageCache, silentLogger, type ByteRange, type CacheWriter, type ImageCacheOptions } from '../src/index.js';
 
 /** Glance's test fixture: 1024 bytes of '*'. */
 export const FIXTURE_DATA: Buffer = Buffer.alloc(1024, '*');
@@ -105,9 +105,9 @@ export function tempRoot(t: TestContext, prefix: string): { root: string; track:
   return { root, track: (cache) => (caches.push(cache), cache) };
 }
 
-/** Reads a cached image to the end and waits for the stream to close (hits are recorded on close). */
-export async function readAll(cache: ImageCache, imageId: string): Promise<Buffer> {
-  const stream = await cache.openForRead(imageId);
+/** Reads a cached image (or a range of it) to the end and waits for the stream to close (hits are recorded on close). */
+export async function readAll(cache: ImageCache, imageId: string, range?: ByteRange): Promise<Buffer> {
+  const stream = await cache.openForRead(imageId, range);
   const data = await collect(stream);
   await waitForClose(stream);
   return data;

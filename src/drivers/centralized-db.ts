@@ -3,7 +3,7 @@ import { BadDriverConfiguration, InvalidImageId } from '../errors.js';
 import type { CommitMetadata, PendingRecord } from '../fs/cache-writer.js';
 import type { Logger } from '../log.js';
 import { stillTheFileRead, type PendingAccess } from './access-batch.js';
-import { RecordStoreDriver, byLastAccess, type ImageRecord } from './record-store-driver.js';
+import { RecordStoreDriver, byId, byLastAccess, type ImageRecord } from './record-store-driver.js';
 import { isRetryablePostgresError, withRetry } from './retry.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
@@ -335,13 +335,13 @@ export class CentralizedDbDriver extends RecordStoreDriver {
   }
 
   protected async deleteRecords(rows: readonly ImageRecord[]): Promise<number> {
-    const sorted = [...rows].sort((a, b) => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
+    const sorted = [...rows].sort(byId);
     const result = await this.write(SQL.deleteUnchanged, [this.nodeId, sorted.map((r) => r.image_id), sorted.map((r) => r.last_modified)]);
     return result.rowCount ?? 0;
   }
 
   protected async updateSizes(rows: readonly ImageRecord[]): Promise<number> {
-    const sorted = [...rows].sort((a, b) => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0));
+    const sorted = [...rows].sort(byId);
     const result = await this.write(SQL.resizeUnchanged, [this.nodeId, sorted.map((r) => r.image_id), sorted.map((r) => r.last_modified), sorted.map((r) => r.size)]);
     return result.rowCount ?? 0;
   }

@@ -263,15 +263,19 @@ export abstract class Driver {
   }
 
   async getQueuedImages(): Promise<string[]> {
-    const queueDir = path.join(this.baseDir, 'queue');
     const items: Array<{ id: string; mtime: number }> = [];
-    for (const id of await listRegularFiles(queueDir)) {
-      if (!isValidImageId(id, this.reservedNames())) continue;
-      const st = fs.statSync(path.join(queueDir, id), { throwIfNoEntry: false });
+    for (const id of await this.queuedIds()) {
+      const st = fs.statSync(this.getImageFilepath(id, 'queue'), { throwIfNoEntry: false });
       if (st !== undefined) items.push({ id, mtime: st.mtimeMs });
     }
     items.sort((a, b) => a.mtime - b.mtime || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     return items.map((item) => item.id);
+  }
+
+  /** IDs of the queue markers, in no order. */
+  private async queuedIds(): Promise<string[]> {
+    const reserved = this.reservedNames();
+    return (await listRegularFiles(path.join(this.baseDir, 'queue'))).filter((name) => isValidImageId(name, reserved));
   }
 
   async deleteQueuedImage(imageId: string): Promise<void> {
@@ -337,7 +341,8 @@ export abstract class Driver {
 
   private async dropQueueMarkersOfCachedImages(): Promise<number> {
     let dropped = 0;
-    for (const id of await this.getQueuedImages()) {
+    // Order does not matter here: the marker names are enough, without getQueuedImages' stat of each.
+    for (const id of await this.queuedIds()) {
       if (fs.existsSync(this.getImageFilepath(id)) && unlinkIfExistsSync(this.getImageFilepath(id, 'queue'))) dropped++;
     }
     return dropped;

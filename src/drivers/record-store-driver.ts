@@ -21,7 +21,8 @@ interface Reconciliation {
   missing: ImageRecord[];
 }
 
-const byId = (a: ImageRecord, b: ImageRecord): number => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0);
+/** Image ID order (code units, as SQLite's BINARY collation and Glance's listings). */
+export const byId = (a: ImageRecord, b: ImageRecord): number => (a.image_id < b.image_id ? -1 : a.image_id > b.image_id ? 1 : 0);
 /** Prune's order: least recently accessed first, then by image ID. */
 export const byLastAccess = (a: ImageRecord, b: ImageRecord): number => a.last_accessed - b.last_accessed || byId(a, b);
 

@@ -98,7 +98,7 @@ export class SqliteDriver extends RecordStoreDriver {
         'INSERT OR REPLACE INTO cached_images (image_id, last_accessed, last_modified, size, hits) VALUES (?, ?, ?, ?, 0)',
       ),
       forget,
-      forgetUnchanged: deleteUnchanged,
+      deleteUnchanged,
       forgetMany: count((id: string) => forget.run(id)),
       insertMany: count((r: ImageRecord) => insertRead.run(r.image_id, r.last_accessed, r.last_modified, r.size, r.hits)),
       deleteMany: count((r: ImageRecord) => deleteUnchanged.run(r.image_id, r.last_modified)),
@@ -145,7 +145,7 @@ export class SqliteDriver extends RecordStoreDriver {
         abandon: () => {},
       }),
       unrecord: (now) => {
-        this.sql().forgetUnchanged.run(imageId, now);
+        this.sql().deleteUnchanged.run(imageId, now);
       },
     };
   }

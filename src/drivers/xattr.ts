@@ -139,9 +139,7 @@ export class XattrDriver extends Driver {
    */
   protected async repairMetadata(): Promise<MetadataRepairs> {
     let filesAdopted = 0;
-    let examined = 0;
-    for (const id of await this.activeImageIds()) {
-      const file = this.getImageFilepath(id);
+    await this.forEachActiveImage((_id, file) => {
       try {
         if (getAttributeSync(file, HITS) === null) {
           const st = fs.statSync(file);
@@ -152,8 +150,7 @@ export class XattrDriver extends Driver {
       } catch (err) {
         if (osErrno(err) !== ENOENT && errorCode(err) !== 'ENOENT') throw err; // deleted meanwhile
       }
-      if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
-    }
+    });
     return { recordsDropped: 0, filesAdopted, sizesCorrected: 0 };
   }
 
@@ -187,12 +184,10 @@ export class XattrDriver extends Driver {
 
   async getCacheSize(): Promise<number> {
     let total = 0;
-    let examined = 0;
-    for (const id of await this.activeImageIds()) {
-      const st = fs.statSync(this.getImageFilepath(id), { throwIfNoEntry: false });
+    await this.forEachActiveImage((_id, file) => {
+      const st = fs.statSync(file, { throwIfNoEntry: false });
       if (st !== undefined && st.isFile()) total += st.size;
-      if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
-    }
+    });
     return total;
   }
 
@@ -219,22 +214,27 @@ export class XattrDriver extends Driver {
   private async scan(withHits: boolean): Promise<CachedImage[]> {
     await this.flushReads();
     const images: CachedImage[] = [];
+    await this.forEachActiveImage((id, file) => {
+      const st = fs.statSync(file, { throwIfNoEntry: false });
+      if (st === undefined || !st.isFile()) return;
+      images.push({
+        imageId: id,
+        hits: withHits ? parseHits(getAttributeSync(file, HITS)) : 0,
+        lastModified: st.mtimeMs / 1000,
+        lastAccessed: parseSeconds(getAttributeSync(file, LAST_ACCESSED)) ?? st.atimeMs / 1000,
+        size: st.size,
+      });
+    });
+    return images;
+  }
+
+  /** Calls `visit` for each active image, yielding to the event loop every SCAN_SLICE files. */
+  private async forEachActiveImage(visit: (imageId: string, file: string) => void): Promise<void> {
     let examined = 0;
     for (const id of await this.activeImageIds()) {
-      const file = this.getImageFilepath(id);
-      const st = fs.statSync(file, { throwIfNoEntry: false });
-      if (st !== undefined && st.isFile()) {
-        images.push({
-          imageId: id,
-          hits: withHits ? parseHits(getAttributeSync(file, HITS)) : 0,
-          lastModified: st.mtimeMs / 1000,
-          lastAccessed: parseSeconds(getAttributeSync(file, LAST_ACCESSED)) ?? st.atimeMs / 1000,
-          size: st.size,
-        });
-      }
+      visit(id, this.getImageFilepath(id));
       if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
     }
-    return images;
   }
 }
 

@@ -207,12 +207,10 @@ export class CacheWriter extends Writable {
     const record = startRecord(metadata, size, now);
     try {
       await io.fsync(claim.fd);
-      this.requireClaim(); // not destroyed meanwhile
       if (!claimIntact(claim)) throw new ClaimLost(this.imageId, 'was removed or replaced');
       // Only a process outside the cache can have published the image meanwhile (we hold the claim).
       if (fs.existsSync(paths.active)) throw new ImageAlreadyCached(this.imageId);
       await metadata.beforePublish(paths.incomplete, now);
-      this.requireClaim();
       // We hold the claim, so no cache process can have changed incomplete/<id>
       // since the check: the rename publishes our file. (Nothing is checked
       // after it: from this instant the image is public, and a delete and a

@@ -4,18 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { ByteRange, ImageCache } from '../../src/index.js';
-import { FIXTURE_DATA, cacheFixture as setup, collect, patternedBytes, put, waitForClose } from '../helpers.js';
+import { FIXTURE_DATA, cacheFixture as setup, collect, patternedBytes, put, readAll as read } from '../helpers.js';
 
 const RANGE_NOT_SATISFIABLE = { code: 'ERR_RANGE_NOT_SATISFIABLE' };
 const IMAGE_NOT_CACHED = { code: 'ERR_IMAGE_NOT_CACHED' };
-
-async function read(cache: ImageCache, imageId: string, range?: ByteRange): Promise<Buffer> {
-  const stream = await cache.openForRead(imageId, range);
-  const data = await collect(stream);
-  await waitForClose(stream);
-  return data;
-}
 
 describe('reading', () => {
   describe('byte ranges', () => {

@@ -19,7 +19,6 @@ import {
   abandonedWriterChannel,
   systemIo,
   type ImageCache,
-  type ByteRange,
   type DriverName,
   type ImageCacheOptions,
 } from '../../src/index.js';
@@ -35,6 +34,7 @@ import {
   makeTempDir,
   patternedBytes,
   put,
+  readAll as read,
   removeDir,
   waitForClose,
   writeChunk,
@@ -71,14 +71,6 @@ const IMAGE_NOT_CACHED = code('ERR_IMAGE_NOT_CACHED');
 const NOT_SUPPORTED = code('ERR_NOT_SUPPORTED');
 const CLAIM_LOST = code('ERR_CLAIM_LOST');
 const CACHE_CLOSED = code('ERR_CACHE_CLOSED');
-
-/** Reads a cached image (or a range of it) to the end and waits for the stream to close (hits are recorded on close). */
-async function read(cache: ImageCache, imageId: string, range?: ByteRange): Promise<Buffer> {
-  const stream = await cache.openForRead(imageId, range);
-  const data = await collect(stream);
-  await waitForClose(stream);
-  return data;
-}
 
 /** What clean() removed, without verify()'s counts. */
 async function cleaned(cache: ImageCache, stallTime?: number): Promise<{ invalid: number; stalled: number }> {
