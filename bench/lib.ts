@@ -56,7 +56,7 @@ async function runOurs(data: Buffer, floor: Floor): Promise<Phases> {
   const dir = fs.mkdtempSync(path.join(values.dir!, 'image-cache-libbench-'));
   const out: Phases = {};
   const cache = await ImageCache.create({
-    // centralized_db takes DATABASE_CONNECTION and WORKER_SELF_REFERENCE_URL from the environment or the flags.
+    // centralized_db takes IMAGE_CACHE_DATABASE_CONNECTION and IMAGE_CACHE_WORKER_SELF_REFERENCE_URL from the environment or the flags.
     ...optionsFromEnv(),
     ...(values['database-connection'] ? { databaseConnection: values['database-connection'] } : {}),
     ...(values['worker-self-reference-url'] ? { workerSelfReferenceUrl: values['worker-self-reference-url'] } : {}),

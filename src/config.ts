@@ -124,23 +124,37 @@ export function optionsFromGlanceSettings(settings: Record<string, string | unde
   return out as Partial<ImageCacheOptions>;
 }
 
-/** The same options from environment variables named after them in upper case (IMAGE_CACHE_DIR, ...). */
+/**
+ * The environment variable of an option: IMAGE_CACHE_ and its name in upper
+ * case (IMAGE_CACHE_BIND_PORT), or just the upper case for the names that
+ * start with image_cache_ already (IMAGE_CACHE_DIR).
+ */
+export function envName(glanceName: string): string {
+  const upper = glanceName.toUpperCase();
+  return upper.startsWith('IMAGE_CACHE_') ? upper : `IMAGE_CACHE_${upper}`;
+}
+
+/** The same options from environment variables (see envName). */
 export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<ImageCacheOptions> {
   const settings: Record<string, string | undefined> = {};
-  for (const glanceName of Object.keys(GLANCE_NAMES)) settings[glanceName] = env[glanceName.toUpperCase()];
+  for (const glanceName of Object.keys(GLANCE_NAMES)) settings[glanceName] = env[envName(glanceName)];
   return optionsFromGlanceSettings(settings);
 }
 
 /**
  * The settings of a glance-api.conf-style INI file that concern the cache:
  * its [DEFAULT] section, plus [database] connection as database_connection
- * (where Glance keeps it) unless [DEFAULT] names one itself.
+ * (where Glance keeps it) unless [DEFAULT] names one itself, and
+ * [glance_store] filesystem_store_datadir, which wins over [DEFAULT]'s as
+ * oslo.config lets an option's group win over its deprecated place in [DEFAULT].
  */
 export function parseGlanceConfig(text: string): Record<string, string> {
   const sections = parseIni(text);
   const out = { ...(sections.get('DEFAULT') ?? {}) };
   const connection = sections.get('database')?.connection;
   if (out.database_connection === undefined && connection !== undefined) out.database_connection = connection;
+  const storeDir = sections.get('glance_store')?.filesystem_store_datadir;
+  if (storeDir !== undefined) out.filesystem_store_datadir = storeDir;
   return out;
 }
 

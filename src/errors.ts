@@ -122,3 +122,26 @@ function describe(value: unknown): string {
   const shown = value.length > 40 ? `${value.slice(0, 40)}…` : value;
   return JSON.stringify(shown);
 }
+
+/** An image source (upstream Glance, ...) could not be reached or broke off; the node answers 502. */
+export class SourceUnavailable extends ImageCacheError {
+  readonly source: string;
+  constructor(source: string, reason: string, options?: { cause?: unknown }) {
+    super('ERR_SOURCE_UNAVAILABLE', `Image source '${source}' is unavailable: ${reason}`, options);
+    this.source = source;
+  }
+}
+
+/** The source sent fewer bytes than the image's size (it ended early), or more. */
+export class WrongImageLength extends ImageCacheError {
+  constructor(imageId: string, received: number, expected: number) {
+    super('ERR_WRONG_IMAGE_LENGTH', `Image '${imageId}': the source sent ${received > expected ? 'more than' : 'only'} ${received} bytes of an image of ${expected}`);
+  }
+}
+
+/** The source sent nothing for upstream_timeout seconds. */
+export class SourceStalled extends ImageCacheError {
+  constructor(imageId: string, seconds: number) {
+    super('ERR_SOURCE_STALLED', `Image '${imageId}': the source sent nothing for ${seconds} s`);
+  }
+}

@@ -1,7 +1,7 @@
 export { ImageCache } from './cache/image-cache.js';
 export { ChecksumVerifier, checksumRule, type ChecksumRule } from './cache/checksum.js';
 export type { ImageSource } from './cache/caching-stream.js';
-export { Driver, type CacheReadStream } from './drivers/driver.js';
+export { Driver, type CacheReadStream, type OpenImageFile } from './drivers/driver.js';
 export { SqliteDriver } from './drivers/sqlite.js';
 export { XattrDriver } from './drivers/xattr.js';
 export { CentralizedDbDriver } from './drivers/centralized-db.js';

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { resolveOptions, type ImageCacheOptions, type ResolvedOptions } from '../config.js';
-import type { CacheReadStream, Driver } from '../drivers/driver.js';
+import type { CacheReadStream, Driver, OpenImageFile } from '../drivers/driver.js';
 import { createDriver } from '../drivers/registry.js';
 import { BadDriverConfiguration } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
@@ -105,6 +105,8 @@ export class ImageCache {
 
   // ---- the driver's methods ----------------------------------------------------------
 
+  /** Whether the ID can name an image in this cache: one that cannot is never cached (nor served from it). */
+  isValidImageId(imageId: string): boolean { return this.driver.isValidImageId(imageId); }
   configure(): Promise<void> { return this.driver.configure(); }
   close(): Promise<void> { return this.driver.close(); }
   getCachedImages(): Promise<CachedImage[]> { return this.driver.getCachedImages(); }
@@ -121,6 +123,7 @@ export class ImageCache {
   listLeastRecentlyAccessed(): Promise<CacheEntry[]> { return this.driver.listLeastRecentlyAccessed(); }
   openForWrite(imageId: string): Promise<CacheWriter> { return this.driver.openForWrite(imageId); }
   openForRead(imageId: string, range?: ByteRange): Promise<CacheReadStream> { return this.driver.openForRead(imageId, range); }
+  openFile(imageId: string, range?: ByteRange): Promise<OpenImageFile> { return this.driver.openFile(imageId, range); }
   getImageFilepath(imageId: string, cacheStatus: CacheStatus = 'active'): string { return this.driver.getImageFilepath(imageId, cacheStatus); }
   getImageSize(imageId: string): Promise<number> { return this.driver.getImageSize(imageId); }
   getQueuedImages(): Promise<string[]> { return this.driver.getQueuedImages(); }

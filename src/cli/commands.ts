@@ -1,20 +1,39 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ImageCache } from '../cache/image-cache.js';
+import { isValidImageId } from '../image-id.js';
+import { ImageCacheError } from '../errors.js';
+import { loadServeConfig, SERVER_FLAG_NAMES, type ServeConfig } from '../server/config.js';
+import { serve } from '../server/serve.js';
+import { importImage } from '../sources/local-directory.js';
 import type { CachedImage, VerifyResult } from '../types.js';
+import { loadStoreDir } from './options.js';
 
 type Flags = Record<string, string | boolean | undefined>;
 
-export interface Command {
+interface CommandBase {
   synopsis: string;
   summary: string;
   minArgs: number;
   maxArgs: number;
   flags: Record<string, { type: 'string' | 'boolean'; default?: string | boolean }>;
-  /** What is wrong with the arguments, checked before the cache is opened (nothing is created for a usage error). */
+  /** What is wrong with the arguments, checked before anything is opened or created (nothing is created for a usage error). */
   check?(args: string[], flags: Flags): string | undefined;
+}
+
+/** A command on the image cache: main opens the cache (image_cache_dir is required), runs it, closes the cache. */
+interface CacheCommand extends CommandBase {
+  opensCache?: true;
   run(cache: ImageCache, args: string[], flags: Flags): Promise<number>;
 }
+
+/** A command that needs no image cache (no image_cache_dir): it opens whatever it uses itself. */
+interface CachelessCommand extends CommandBase {
+  opensCache: false;
+  run(args: string[], flags: Flags): Promise<number>;
+}
+
+export type Command = CacheCommand | CachelessCommand;
 
 const out = (text: string): void => {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
@@ -153,7 +172,65 @@ export const COMMANDS: Record<string, Command> = {
       return 0;
     },
   },
+  import: {
+    synopsis: 'import FILE [--id ID] [--name NAME] [--filesystem-store-datadir DIR] [--json]',
+    summary: 'copies FILE into the local image store as a new active image and prints its ID (--json: its image document)',
+    opensCache: false,
+    minArgs: 1,
+    maxArgs: 1,
+    flags: { id: { type: 'string' }, name: { type: 'string' }, 'filesystem-store-datadir': { type: 'string' } },
+    check([file], flags) {
+      if (flags.id !== undefined && !isValidImageId(flags.id as string)) {
+        return `--id ${JSON.stringify(flags.id)} is not a valid image ID (A-Z a-z 0-9 . _ ~ -, at most 255 characters)`;
+      }
+      return unreadableFile(file!);
+    },
+    async run([file], flags) {
+      const document = await importImage(loadStoreDir(flags), path.resolve(file!), { id: flags.id as string | undefined, name: flags.name as string | undefined });
+      if (flags.json) json(document);
+      else out(document.id);
+      return 0;
+    },
+  },
+  serve: {
+    synopsis: 'serve [--config-file glance-api.conf] [--bind-host HOST] [--bind-port PORT] [--upstream-url URL] [--workers N] ...',
+    summary: 'the cache node: Glance\'s image download path in front of upstream_url (or the local image store), on bind_host:bind_port',
+    opensCache: false,
+    minArgs: 0,
+    maxArgs: 0,
+    flags: Object.fromEntries(SERVER_FLAG_NAMES.map((name) => [name, { type: 'string' as const }])),
+    check(_args, flags) {
+      try {
+        serveConfig(flags);
+        return undefined;
+      } catch (err) {
+        if (err instanceof ImageCacheError) return err.message;
+        throw err;
+      }
+    },
+    async run(_args, flags) {
+      await serve(serveConfig(flags));
+      return 0;
+    },
+  },
 };
+
+function serveConfig(flags: Flags): ServeConfig {
+  const strings: Record<string, string | undefined> = {};
+  for (const [name, value] of Object.entries(flags)) if (typeof value === 'string') strings[name] = value;
+  return loadServeConfig(strings['config-file'], strings);
+}
+
+/** Why FILE cannot be imported, if it cannot. */
+function unreadableFile(file: string): string | undefined {
+  try {
+    if (!fs.statSync(file).isFile()) return `${file} is not a regular file`;
+    fs.accessSync(file, fs.constants.R_OK);
+    return undefined;
+  } catch (err) {
+    return `cannot read ${file}: ${(err as Error).message}`;
+  }
+}
 
 function describeRepairs(result: VerifyResult): string {
   return `Verified: dropped ${result.recordsDropped} records without files, adopted ${result.filesAdopted} files without records, ` +
@@ -189,6 +266,8 @@ export function usage(): string {
     '                   [--image-cache-max-size BYTES] [--config-file glance-api.conf] [--json]',
     '',
     'Options come from the config file\'s [DEFAULT] section, then IMAGE_CACHE_DIR-style environment variables, then flags.',
+    'import needs no image cache: it writes to filesystem_store_datadir, from --filesystem-store-datadir, IMAGE_CACHE_FILESYSTEM_STORE_DATADIR,',
+    'the config file\'s [glance_store] or [DEFAULT] section, else ./var/images.',
     '',
     'commands:',
     ...lines,

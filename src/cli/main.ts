@@ -27,6 +27,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`image-cache ${name}: ${problem}\nusage: image-cache ${command.synopsis}\n`);
     return 2;
   }
+  if (command.opensCache === false) return command.run(positionals, flags);
   const options = loadOptions(values);
   if (!options.imageCacheDir) throw new InvalidOption('image_cache_dir', 'is required: pass --image-cache-dir DIR, set IMAGE_CACHE_DIR, or give a --config-file');
   options.imageCacheDir = path.resolve(options.imageCacheDir);

@@ -428,7 +428,7 @@ function postgresUrl(raw: string | undefined): string {
   if (typeof raw !== 'string' || raw.trim() === '') {
     throw new BadDriverConfiguration(
       'centralized_db',
-      'database_connection is not set: it must be a PostgreSQL URL such as postgresql://glance:secret@db.example.com:5432/glance (option database_connection, or the DATABASE_CONNECTION environment variable)',
+      'database_connection is not set: it must be a PostgreSQL URL such as postgresql://glance:secret@db.example.com:5432/glance (option database_connection, or the IMAGE_CACHE_DATABASE_CONNECTION environment variable)',
     );
   }
   const match = /^(postgres|postgresql)(\+[A-Za-z0-9_]+)?:\/\//i.exec(raw.trim());

@@ -27,6 +27,20 @@ export interface CacheReadStream extends Readable {
   readonly end: number;
 }
 
+/** An active cache file opened for a read of [start, end]; close() once when done. */
+export interface OpenImageFile {
+  readonly imageId: string;
+  readonly fd: number;
+  /** Size of the whole cached file. */
+  readonly fileSize: number;
+  /** First byte to serve. */
+  readonly start: number;
+  /** Last byte to serve (inclusive); start - 1 for an empty file. */
+  readonly end: number;
+  /** Closes the descriptor and records the read (hits, last access). Idempotent. */
+  close(): void;
+}
+
 /** A driver's part of verify(): its own repairs, counted (what it has no use for stays 0). */
 export type MetadataRepairs = Pick<VerifyResult, 'recordsDropped' | 'filesAdopted' | 'sizesCorrected'>;
 
@@ -149,6 +163,11 @@ export abstract class Driver {
 
   validate(imageId: string): string {
     return validateImageId(imageId, this.reservedNames());
+  }
+
+  /** Whether the ID can name an image in this cache (validate() without the error). */
+  isValidImageId(imageId: string): boolean {
+    return isValidImageId(imageId, this.reservedNames());
   }
 
   getImageFilepath(imageId: string, cacheStatus: CacheStatus = 'active'): string {
@@ -376,10 +395,12 @@ export abstract class Driver {
   }
 
   /**
-   * Streams the active file, or the inclusive byte range of it. When the
-   * stream closes, the image's hits and last access are recorded.
+   * Opens the active file for a read of [start, end] (the whole file, or the
+   * inclusive range): its descriptor, for a caller that reads it its own way
+   * (the node sends it with reused buffers). close() closes it and records
+   * the read (hits, last access); call it once, however the read ended.
    */
-  async openForRead(imageId: string, range?: ByteRange): Promise<CacheReadStream> {
+  async openFile(imageId: string, range?: ByteRange): Promise<OpenImageFile> {
     const filePath = this.getImageFilepath(imageId);
     let fd: number;
     try {
@@ -398,12 +419,31 @@ export abstract class Driver {
       fs.closeSync(fd);
       throw err;
     }
-    const stream = new CacheFileReader(fd, start, end);
     const access = { ino: st.ino, size: st.size, lastModified: st.mtimeMs / 1000 };
-    stream.once('close', () => {
-      if (this.configured) this.reads.add(imageId, { at: nowSeconds(), ...access });
-    });
-    return Object.assign(stream, { imageId, fileSize: st.size, start, end }) as unknown as CacheReadStream;
+    let open = true;
+    return {
+      imageId,
+      fd,
+      fileSize: st.size,
+      start,
+      end,
+      close: () => {
+        if (!open) return;
+        open = false;
+        fs.closeSync(fd);
+        if (this.configured) this.reads.add(imageId, { at: nowSeconds(), ...access });
+      },
+    };
+  }
+
+  /**
+   * Streams the active file, or the inclusive byte range of it. When the
+   * stream closes, the image's hits and last access are recorded.
+   */
+  async openForRead(imageId: string, range?: ByteRange): Promise<CacheReadStream> {
+    const file = await this.openFile(imageId, range);
+    const stream = new CacheFileReader(file.fd, file.start, file.end, () => file.close());
+    return Object.assign(stream, { imageId, fileSize: file.fileSize, start: file.start, end: file.end }) as unknown as CacheReadStream;
   }
 
   private requireDirSync(): DirectorySync {

@@ -11,8 +11,8 @@ const CHUNK = 512 * 1024;
 const YIELD_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
- * A Readable over [start, end] of an open file descriptor, closed when the
- * stream closes, for whatever reason.
+ * A Readable over [start, end] of an open file descriptor, closed (by
+ * `close`) when the stream closes, for whatever reason.
  *
  * Reads are blocking calls, as nginx makes them by default: cache files are
  * read far more often than written and mostly come from the page cache, where
@@ -27,7 +27,7 @@ export class CacheFileReader extends Readable {
   private sinceYield = 0;
 
   /** `end` is inclusive; end < start means nothing to read. */
-  constructor(fd: number, start: number, end: number) {
+  constructor(fd: number, start: number, end: number, private readonly close: (fd: number) => void = fs.closeSync) {
     super({ highWaterMark: CHUNK });
     this.fd = fd;
     this.position = start;
@@ -78,7 +78,7 @@ export class CacheFileReader extends Readable {
     this.fd = undefined;
     if (fd !== undefined) {
       try {
-        fs.closeSync(fd);
+        this.close(fd);
       } catch (closeError) {
         callback(error ?? (closeError as Error));
         return;

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { errorCode } from './files.js';
-import { tryLockExclusive } from './flock.js';
+import { isUnlocked, tryLockExclusive } from './flock.js';
 import type { CacheIo } from './io.js';
 
 /**
@@ -142,4 +142,16 @@ export function claimIntact(claim: Claim): boolean {
 export function isAt(filePath: string, file: { ino: bigint; dev: bigint }): boolean {
   const st = fs.statSync(filePath, { bigint: true, throwIfNoEntry: false });
   return st !== undefined && st.ino === file.ino && st.dev === file.dev;
+}
+
+/**
+ * What became of the file a writer was writing, seen by another process
+ * through its own descriptor `fd` on it: still being written (the writer
+ * holds its lock), published at `activePath`, or abandoned (the writer let go
+ * without publishing it: it aborted, or died).
+ */
+export function writerOutcome(fd: number, activePath: string): 'writing' | 'published' | 'abandoned' {
+  if (!isUnlocked(fd)) return 'writing';
+  // A writer publishes (renames) before it lets go, so once it has let go the rename is visible.
+  return isAt(activePath, fs.fstatSync(fd, { bigint: true })) ? 'published' : 'abandoned';
 }

@@ -27,6 +27,22 @@ export function tryLockExclusive(fd: number): boolean {
   }
 }
 
+/**
+ * Takes a shared lock without waiting and drops it at once: true when no
+ * writer holds the file (an exclusive lock would have refused it). Held for
+ * microseconds, so it never keeps a claim or a takeover from happening for longer.
+ */
+export function isUnlocked(fd: number): boolean {
+  try {
+    fsExt.flockSync(fd, 'shnb');
+  } catch (err) {
+    if (errorCode(err) === 'EAGAIN' || errorCode(err) === 'EWOULDBLOCK') return false;
+    throw err;
+  }
+  fsExt.flockSync(fd, 'un');
+  return true;
+}
+
 /** The probe's name starts so; with '@' it is never a valid image ID, so a probe left behind by a crash is never taken for an image. */
 export const LOCK_PROBE_PREFIX = '.lock-probe@';
 

@@ -5,12 +5,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { makeTempDir, removeDir } from '../helpers.js';
+import { hexDigest, listTree, makeTempDir, removeDir } from '../helpers.js';
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
 
-function cli(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, IMAGE_CACHE_DIR: '', ...env } });
+/** Runs the command to its end; settings this machine's environment may hold are blanked unless `env` gives them. */
+function cli(args: string[], { env = {}, cwd }: { env?: Record<string, string>; cwd?: string } = {}): { status: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd, env: { ...process.env, IMAGE_CACHE_DIR: '', IMAGE_CACHE_FILESYSTEM_STORE_DATADIR: '', ...env } });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -127,5 +128,100 @@ describe('image-cache command line', () => {
     const queued = cli(['queue', 'copied-in', 'new-one', '--image-cache-dir', cacheDir]);
     assert.equal(queued.status, 0, queued.stderr);
     assert.equal(queued.stdout, 'Not queued copied-in: already cached.\nQueued new-one.\n');
+  });
+
+  it('import copies a file into the local image store, without an image cache, and prints the new image\'s ID', (t) => {
+    const root = tempDir(t);
+    const store = path.join(root, 'images');
+    const file = path.join(root, 'disk.img');
+    const data = Buffer.alloc(5000, 3);
+    fs.writeFileSync(file, data);
+    const imported = cli(['import', file, '--filesystem-store-datadir', store]);
+    assert.equal(imported.status, 0, imported.stderr);
+    const id = imported.stdout.trim();
+    assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.equal(imported.stdout, `${id}\n`);
+    assert.ok(fs.readFileSync(path.join(store, id)).equals(data));
+    const document = JSON.parse(fs.readFileSync(path.join(store, '+metadata', `${id}.json`), 'utf8')) as Record<string, unknown>;
+    assert.equal(document.size, 5000);
+    assert.equal(document.name, 'disk.img');
+    assert.deepEqual(listTree(root), ['disk.img', 'images/', 'images/+metadata/', `images/+metadata/${id}.json`, 'images/+tmp/', `images/${id}`].sort());
+  });
+
+  it('import --id --name --json prints the whole image document; importing that ID again fails with ERR_IMAGE_EXISTS', (t) => {
+    const root = tempDir(t);
+    const store = path.join(root, 'images');
+    const file = path.join(root, 'disk.img');
+    const data = Buffer.from('image bytes');
+    fs.writeFileSync(file, data);
+    const imported = cli(['import', file, '--id', 'cirros-1', '--name', 'CirrOS', '--json', '--filesystem-store-datadir', store]);
+    assert.equal(imported.status, 0, imported.stderr);
+    const document = JSON.parse(imported.stdout) as Record<string, unknown>;
+    assert.deepEqual(document, JSON.parse(fs.readFileSync(path.join(store, '+metadata', 'cirros-1.json'), 'utf8')));
+    assert.equal(document.id, 'cirros-1');
+    assert.equal(document.name, 'CirrOS');
+    assert.equal(document.status, 'active');
+    assert.equal(document.checksum, hexDigest('md5', data));
+    assert.equal(document.os_hash_value, hexDigest('sha512', data));
+    const again = cli(['import', file, '--id', 'cirros-1', '--filesystem-store-datadir', store]);
+    assert.equal(again.status, 1);
+    assert.match(again.stderr, /ERR_IMAGE_EXISTS/);
+    assert.equal(again.stdout, '');
+  });
+
+  it('import finds the store in the flag, then IMAGE_CACHE_FILESYSTEM_STORE_DATADIR, then the config file ([glance_store] over [DEFAULT]), then ./var/images', (t) => {
+    const root = tempDir(t);
+    const file = path.join(root, 'disk.img');
+    fs.writeFileSync(file, 'bytes');
+    const conf = path.join(root, 'glance-api.conf');
+    fs.writeFileSync(conf, `[DEFAULT]\nfilesystem_store_datadir = ${path.join(root, 'default-section')}\n[glance_store]\nfilesystem_store_datadir = ${path.join(root, 'glance-store-section')}\n`);
+    const defaultOnly = path.join(root, 'default-only.conf');
+    fs.writeFileSync(defaultOnly, `[DEFAULT]\nfilesystem_store_datadir = ${path.join(root, 'default-section')}\n`);
+    const env = { IMAGE_CACHE_FILESYSTEM_STORE_DATADIR: path.join(root, 'from-env') };
+    const cases: Array<[string[], Record<string, string>, string]> = [
+      [['--filesystem-store-datadir', path.join(root, 'from-flag'), '--config-file', conf], env, 'from-flag'],
+      [['--config-file', conf], env, 'from-env'],
+      [['--config-file', conf], {}, 'glance-store-section'],
+      [['--config-file', defaultOnly], {}, 'default-section'],
+      [[], {}, path.join('var', 'images')],
+    ];
+    for (const [flags, caseEnv, where] of cases) {
+      const imported = cli(['import', file, '--id', 'img', ...flags], { env: caseEnv, cwd: root });
+      assert.equal(imported.status, 0, imported.stderr);
+      assert.equal(fs.readFileSync(path.join(root, where, 'img'), 'utf8'), 'bytes', where);
+    }
+  });
+
+  it('import without FILE, with a FILE it cannot read or with a bad --id exits 2 and creates nothing', (t) => {
+    const root = tempDir(t);
+    const store = path.join(root, 'images');
+    fs.mkdirSync(path.join(root, 'a-directory'));
+    fs.writeFileSync(path.join(root, 'disk.img'), 'bytes');
+    const before = listTree(root);
+    const usageErrors: Array<[string[], RegExp]> = [
+      [[], /wrong number of arguments/],
+      [[path.join(root, 'missing.img')], /cannot read .*missing\.img/],
+      [[path.join(root, 'a-directory')], /not a regular file/],
+      [[path.join(root, 'disk.img'), '--id', '../escape'], /not a valid image ID/],
+      [[path.join(root, 'disk.img'), '--id', 'a/b'], /not a valid image ID/],
+      [[path.join(root, 'disk.img'), 'extra'], /wrong number of arguments/],
+    ];
+    for (const [args, message] of usageErrors) {
+      // Both the named store and the default one (./var/images) would show up in the tree.
+      for (const storeFlags of [['--filesystem-store-datadir', store], []]) {
+        const result = cli(['import', ...args, ...storeFlags], { cwd: root });
+        assert.equal(result.status, 2, `${args.join(' ')}: ${result.stderr}`);
+        assert.match(result.stderr, message);
+        assert.match(result.stderr, /usage: image-cache import FILE/);
+      }
+    }
+    assert.deepEqual(listTree(root), before);
+  });
+
+  it('lists import in the usage text', () => {
+    const help = cli(['--help']);
+    assert.equal(help.status, 0);
+    assert.match(help.stderr, /import FILE \[--id ID\] \[--name NAME\] \[--filesystem-store-datadir DIR\] \[--json\]/);
+    assert.match(help.stderr, /IMAGE_CACHE_FILESYSTEM_STORE_DATADIR/);
   });
 });

@@ -1,0 +1,114 @@
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Fills } from '../cache/fills.js';
+import type { ImageCache } from '../cache/image-cache.js';
+import { FillAbandoned } from '../cache/fill-progress.js';
+import { ChecksumMismatch, ImageCacheError, SourceStalled, SourceUnavailable, WrongImageLength } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Upstream } from '../sources/glance.js';
+import type { ImageSource } from '../sources/source.js';
+import type { ServerOptions } from './config.js';
+import type { NodeMetrics } from './metrics.js';
+import { sendError, type RequestNotes } from './respond.js';
+import { deleteImageRoute, forwardRoute } from './routes/forward.js';
+import { healthRoute } from './routes/health.js';
+import { imageDataRoute } from './routes/image-data.js';
+import { localApiRoute } from './routes/local-api.js';
+
+export interface AppDeps {
+  cache: ImageCache;
+  fills: Fills;
+  source: ImageSource;
+  /** The upstream Glance, when there is one: the rest of the Image API is forwarded to it. */
+  upstream: Upstream | undefined;
+  metrics: NodeMetrics;
+  /** The Prometheus text (with several workers, all of them added up). */
+  metricsText(): Promise<string>;
+  options: ServerOptions;
+  log: Logger;
+}
+
+const IMAGE_DATA = /^\/v2\/images\/([^/]+)\/file$/;
+const IMAGE = /^\/v2\/images\/([^/]+)$/;
+
+/**
+ * The node's HTTP server: routing, one log line per request, and errors
+ * turned into statuses. The routes live in routes/, one file per group.
+ */
+export function createServer(deps: AppDeps): http.Server {
+  const { log } = deps;
+  const imageData = imageDataRoute({ ...deps, authStrategy: deps.options.authStrategy });
+  const forward = deps.upstream ? forwardRoute(deps.upstream) : undefined;
+  const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.metrics, log) : undefined;
+  const localApi = localApiRoute(deps.source);
+  const health = healthRoute(deps.cache);
+
+  async function route(req: IncomingMessage, res: ServerResponse, notes: RequestNotes): Promise<void> {
+    const path = (req.url ?? '/').split('?', 1)[0]!;
+    if (path === '/healthcheck' && (req.method === 'GET' || req.method === 'HEAD')) return health(res);
+    if (path === '/metrics' && req.method === 'GET') {
+      const text = await deps.metricsText();
+      res.writeHead(200, { 'content-type': deps.metrics.registry.contentType, 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+      return;
+    }
+    if (!(path.startsWith('/v2/') || path === '/v2' || path === '/versions' || path.startsWith('/versions/') || path === '/')) {
+      sendError(res, 404, `Not found: ${path}`);
+      return;
+    }
+    const data = req.method === 'GET' ? IMAGE_DATA.exec(path) : null;
+    if (data !== null) return imageData(req, res, notes, segment(data[1]!));
+    const image = req.method === 'DELETE' && deleteImage ? IMAGE.exec(path) : null;
+    if (image !== null) return deleteImage!(req, res, segment(image[1]!));
+    if (forward) return forward(req, res);
+    return localApi(req, res, path);
+  }
+
+  const server = http.createServer({ requestTimeout: 0 }, (req, res) => {
+    const started = process.hrtime.bigint();
+    const notes: RequestNotes = {};
+    res.once('close', () => {
+      log.info({
+        method: req.method,
+        path: req.url,
+        status: res.statusCode,
+        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        ...notes,
+        ...(res.writableFinished ? {} : { aborted: true }),
+      }, 'request');
+    });
+    route(req, res, notes).catch((err: unknown) => failed(res, err, notes));
+  });
+  // Uploads can take longer than any fixed request timeout (requestTimeout 0, above); slow
+  // clients are still bounded by the time they take to send their headers.
+  server.headersTimeout = 60_000;
+  server.keepAliveTimeout = 30_000;
+
+  function failed(res: ServerResponse, err: unknown, notes: RequestNotes): void {
+    if (res.headersSent) {
+      res.destroy(err as Error);
+      return;
+    }
+    if (err instanceof URIError) {
+      sendError(res, 400, 'The image ID in the path is not valid percent-encoding');
+      return;
+    }
+    const status = isSourceFailure(err) ? 502 : 500;
+    if (status === 500) log.error({ err, ...notes }, 'request failed');
+    else log.warn({ err, ...notes }, 'image source unavailable');
+    const reason = err instanceof ImageCacheError || err instanceof FillAbandoned ? err.message : 'internal error';
+    sendError(res, status, status === 502 ? `Bad gateway: ${reason}` : `Internal error: ${reason}`);
+  }
+
+  return server;
+}
+
+/** A path segment as the ID it names (a client may percent-encode it). */
+function segment(raw: string): string {
+  return decodeURIComponent(raw);
+}
+
+/** Failures of the image's source (directly, or of the fill that fetched it): the node is a gateway that got a bad answer. */
+function isSourceFailure(err: unknown): boolean {
+  return err instanceof SourceUnavailable || err instanceof SourceStalled || err instanceof WrongImageLength ||
+    err instanceof ChecksumMismatch || err instanceof FillAbandoned;
+}

@@ -1,0 +1,156 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { envName, optionsFromGlanceSettings, parseGlanceConfig, resolveOptions, type ImageCacheOptions } from '../config.js';
+import { ImageCacheError, InvalidOption } from '../errors.js';
+
+export type AuthStrategy = 'noauth' | 'keystone';
+
+/** The node's own options (the cache's are in ImageCacheOptions). */
+export interface ServerOptions {
+  bindHost: string;
+  bindPort: number;
+  /** The upstream Glance; without it, images come from filesystem_store_datadir. */
+  upstreamUrl: string | undefined;
+  filesystemStoreDatadir: string;
+  /** Processes serving one port and one cache directory (node:cluster); 0 and 1 both mean one process. */
+  workers: number;
+  /** Seconds a source may keep the node waiting (for its headers, or between two chunks) before the request fails. */
+  upstreamTimeout: number;
+  /**
+   * noauth: the upstream answers for anyone, so its 404 proves an image gone
+   * (and its cached copy is dropped). keystone: a 404 may only mean "not yours".
+   */
+  authStrategy: AuthStrategy;
+}
+
+export interface ServeConfig {
+  cache: ImageCacheOptions;
+  server: ServerOptions;
+}
+
+/** The embedded default: the sqlite driver and a local image directory under ./var, on 127.0.0.1:9292. */
+export const SERVE_DEFAULTS = {
+  imageCacheDir: 'var/cache',
+  filesystemStoreDatadir: 'var/images',
+  bindHost: '127.0.0.1',
+  bindPort: 9292,
+  workers: 1,
+  upstreamTimeout: 60,
+  authStrategy: 'noauth' as AuthStrategy,
+};
+
+/** The options `serve` reads, by their names in glance-api.conf. Glance's hundreds of others are ignored. */
+const SERVER_NAMES = ['bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy'] as const;
+const CACHE_NAMES = ['image_cache_dir', 'image_cache_driver', 'image_cache_max_size', 'image_cache_stall_time', 'image_cache_sqlite_db', 'worker_self_reference_url', 'database_connection'] as const;
+export const SERVE_OPTION_NAMES: readonly string[] = [...CACHE_NAMES, ...SERVER_NAMES];
+/** The flags of the node's own options (--bind-port, ...); the cache's are every command's. */
+export const SERVER_FLAG_NAMES: readonly string[] = SERVER_NAMES.map((name) => name.replaceAll('_', '-'));
+
+/** A setting and where it came from, so that an invalid value names its file, variable or flag. */
+interface Setting {
+  value: string;
+  origin: string;
+}
+
+/** A bad value in the configuration: names the option and where it was set. */
+export class ConfigurationError extends ImageCacheError {
+  constructor(option: string, origin: string, reason: string) {
+    super('ERR_CONFIGURATION', `${option} (${origin}) ${reason}`);
+  }
+}
+
+/**
+ * The configuration of `serve`, lowest precedence first: the config file
+ * (its [DEFAULT] section, plus [glance_store] filesystem_store_datadir and
+ * [database] connection where glance-api.conf keeps them), the environment
+ * (IMAGE_CACHE_DIR, IMAGE_CACHE_BIND_PORT, ...), flags (--bind-port, ...).
+ */
+export function loadServeConfig(configFile: string | undefined, flags: Record<string, string | undefined>, env: NodeJS.ProcessEnv = process.env): ServeConfig {
+  const settings = new Map<string, Setting>();
+  if (configFile !== undefined) {
+    let text: string;
+    try {
+      text = fs.readFileSync(configFile, 'utf8');
+    } catch (err) {
+      throw new InvalidOption('--config-file', `cannot be read: ${(err as Error).message}`);
+    }
+    const fromFile = parseGlanceConfig(text);
+    for (const name of SERVE_OPTION_NAMES) {
+      if (fromFile[name] !== undefined && fromFile[name] !== '') settings.set(name, { value: fromFile[name]!, origin: `in ${configFile}` });
+    }
+  }
+  for (const name of SERVE_OPTION_NAMES) {
+    const value = env[envName(name)];
+    if (value !== undefined && value !== '') settings.set(name, { value, origin: `environment variable ${envName(name)}` });
+  }
+  for (const name of SERVE_OPTION_NAMES) {
+    const value = flags[name.replaceAll('_', '-')];
+    if (value !== undefined) settings.set(name, { value, origin: `flag --${name.replaceAll('_', '-')}` });
+  }
+  return { cache: cacheOptions(settings), server: serverOptions(settings) };
+}
+
+/** The cache's options, checked now (as the cache will check them) so that a bad one is named with where it was set. */
+function cacheOptions(settings: Map<string, Setting>): ImageCacheOptions {
+  const raw: Record<string, string> = {};
+  for (const name of CACHE_NAMES) {
+    const setting = settings.get(name);
+    if (setting !== undefined) raw[name] = setting.value;
+  }
+  try {
+    const options = optionsFromGlanceSettings(raw);
+    const resolved = { ...options, imageCacheDir: path.resolve(options.imageCacheDir ?? SERVE_DEFAULTS.imageCacheDir) };
+    resolveOptions(resolved);
+    return resolved;
+  } catch (err) {
+    if (!(err instanceof InvalidOption)) throw err;
+    const origin = settings.get(err.option)?.origin ?? 'default';
+    throw new ConfigurationError(err.option, origin, err.message.replace(/^Option '[^']+' /, ''));
+  }
+}
+
+function serverOptions(settings: Map<string, Setting>): ServerOptions {
+  const get = <T>(name: string, parse: Parser<T>, fallback: T): T => {
+    const setting = settings.get(name);
+    if (setting === undefined) return fallback;
+    const parsed = parse(setting.value);
+    if ('invalid' in parsed) throw new ConfigurationError(name, setting.origin, parsed.invalid);
+    return parsed.value;
+  };
+  return {
+    bindHost: get('bind_host', text, SERVE_DEFAULTS.bindHost),
+    bindPort: get('bind_port', integer(0, 65535), SERVE_DEFAULTS.bindPort),
+    upstreamUrl: get<string | undefined>('upstream_url', httpUrl, undefined),
+    filesystemStoreDatadir: path.resolve(get('filesystem_store_datadir', text, SERVE_DEFAULTS.filesystemStoreDatadir)),
+    workers: Math.max(1, get('workers', integer(0, 256), SERVE_DEFAULTS.workers)),
+    upstreamTimeout: get('upstream_timeout', positiveSeconds, SERVE_DEFAULTS.upstreamTimeout),
+    authStrategy: get('auth_strategy', oneOf(['noauth', 'keystone'] as const), SERVE_DEFAULTS.authStrategy),
+  };
+}
+
+type Parser<T> = (value: string) => { value: T } | { invalid: string };
+
+const text: Parser<string> = (value) => ({ value });
+
+function integer(min: number, max: number): Parser<number> {
+  return (value) => {
+    const n = Number(value);
+    return /^\d+$/.test(value) && n >= min && n <= max ? { value: n } : { invalid: `must be a whole number from ${min} to ${max}, not ${JSON.stringify(value)}` };
+  };
+}
+
+const positiveSeconds: Parser<number> = (value) => {
+  const n = Number(value);
+  return value.trim() !== '' && Number.isFinite(n) && n > 0 ? { value: n } : { invalid: `must be a number of seconds > 0, not ${JSON.stringify(value)}` };
+};
+
+const httpUrl: Parser<string> = (value) => {
+  const invalid = { invalid: `must be an http:// or https:// URL, not ${JSON.stringify(value)}` };
+  if (!URL.canParse(value)) return invalid;
+  const { protocol } = new URL(value);
+  return protocol === 'http:' || protocol === 'https:' ? { value } : invalid;
+};
+
+function oneOf<T extends string>(choices: readonly T[]): Parser<T> {
+  return (value) => ((choices as readonly string[]).includes(value) ? { value: value as T } : { invalid: `must be one of ${choices.join(', ')}, not ${JSON.stringify(value)}` });
+}

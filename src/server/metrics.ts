@@ -1,0 +1,86 @@
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import type { ImageCache } from '../cache/image-cache.js';
+import type { FillsOptions } from '../cache/fills.js';
+
+/** How a GET of image data was served: the label operators know from nginx's $upstream_cache_status. */
+export type CacheStatusLabel = 'hit' | 'miss' | 'bypass';
+
+/**
+ * The node's Prometheus metrics, named in the style of the NGINX Plus
+ * exporter (nginxplus_cache_hit_responses, _bytes, cache size and max size)
+ * and Varnish's (backend bytes, coalesced requests, LRU evictions), under
+ * the prefix image_cache_. With several workers each has its own registry
+ * and the primary adds them up (prom-client's AggregatorRegistry): the
+ * aggregator of each metric says how.
+ */
+export class NodeMetrics {
+  readonly registry = new Registry();
+  private readonly responses: Record<CacheStatusLabel, Counter>;
+  private readonly bytes: Record<CacheStatusLabel, Counter>;
+  private readonly upstreamBytes: Counter;
+  private readonly fetches: Counter<'outcome'>;
+  private readonly fillsInFlight: Gauge;
+  private readonly coalesced: Counter;
+  private readonly evictions: Counter<'reason'>;
+
+  constructor(cache: ImageCache) {
+    const registry = this.registry;
+    const counter = (name: string, help: string): Counter => new Counter({ name, help, registers: [registry] });
+    this.responses = {
+      hit: counter('image_cache_hit_responses_total', 'Image downloads served from the cache.'),
+      miss: counter('image_cache_miss_responses_total', 'Image downloads served from a fill (the first of an image, and every request that followed it).'),
+      bypass: counter('image_cache_bypass_responses_total', 'Image downloads served straight from the source, not cached (non-active images, ranges of uncached images, images that cannot be cached).'),
+    };
+    this.bytes = {
+      hit: counter('image_cache_hit_bytes_total', 'Body bytes sent from the cache.'),
+      miss: counter('image_cache_miss_bytes_total', 'Body bytes sent from fills.'),
+      bypass: counter('image_cache_bypass_bytes_total', 'Body bytes sent straight from the source.'),
+    };
+    this.upstreamBytes = counter('image_cache_upstream_bytes_total', 'Image bytes received from the source by fills.');
+    this.fetches = new Counter({ name: 'image_cache_upstream_fetches_total', help: 'Fills by outcome: committed to the cache, or failed (nothing cached).', labelNames: ['outcome'], registers: [registry] });
+    this.fillsInFlight = new Gauge({ name: 'image_cache_fills_in_flight', help: 'Images being fetched into the cache now.', registers: [registry] });
+    this.coalesced = counter('image_cache_coalesced_total', 'Requests that followed a fill in flight instead of fetching the image again.');
+    this.evictions = new Counter({ name: 'image_cache_evictions_total', help: 'Cached images removed, by reason.', labelNames: ['reason'], registers: [registry] });
+    new Gauge({
+      name: 'image_cache_size_bytes',
+      help: 'Bytes of the cached images.',
+      registers: [registry],
+      aggregator: 'max', // every worker sees the same directory
+      async collect() {
+        this.set(await cache.getCacheSize());
+      },
+    });
+    new Gauge({
+      name: 'image_cache_max_size_bytes',
+      help: 'image_cache_max_size: the size prune brings the cache down to.',
+      registers: [registry],
+      aggregator: 'max',
+      collect() {
+        this.set(cache.options.imageCacheMaxSize);
+      },
+    });
+    collectDefaultMetrics({ register: registry });
+  }
+
+  served(status: CacheStatusLabel, bytes: number): void {
+    this.responses[status].inc();
+    this.bytes[status].inc(bytes);
+  }
+
+  evicted(reason: 'upstream_deleted' | 'stale' | 'image_deleted'): void {
+    this.evictions.inc({ reason });
+  }
+
+  /** The hooks a fill reports through. */
+  get fillEvents(): FillsOptions['events'] {
+    return {
+      upstreamBytes: (n) => this.upstreamBytes.inc(n),
+      fillStarted: () => this.fillsInFlight.inc(),
+      fillEnded: (outcome) => {
+        this.fillsInFlight.dec();
+        this.fetches.inc({ outcome: outcome === 'committed' ? 'committed' : 'failed' });
+      },
+      followerJoined: () => this.coalesced.inc(),
+    };
+  }
+}

@@ -1,0 +1,151 @@
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Fills, FollowSpan } from '../../cache/fills.js';
+import type { ImageCache } from '../../cache/image-cache.js';
+import type { OpenImageFile } from '../../drivers/driver.js';
+import { ImageNotCached } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import type { ImageMetadata, ImageSource } from '../../sources/source.js';
+import type { AuthStrategy } from '../config.js';
+import { parseRange, type ResolvedRange } from '../http-range.js';
+import type { NodeMetrics } from '../metrics.js';
+import { relay, sendAnswer, sendError, tokenOf, type RequestNotes } from '../respond.js';
+import { sendFile } from '../send-file.js';
+
+export interface ImageDataDeps {
+  cache: ImageCache;
+  fills: Fills;
+  source: ImageSource;
+  metrics: NodeMetrics;
+  authStrategy: AuthStrategy;
+  log: Logger;
+}
+
+/** Turns through hit → fill when a fill commits (or the image is evicted) under a request. */
+const MAX_TURNS = 3;
+
+/**
+ * GET /v2/images/{id}/file, as Glance's cache middleware serves it, with one
+ * fetch per image: the source is asked for the metadata with the caller's
+ * token on every request (it decides who may read, and whether the image is
+ * active); then the cache answers (hit), or the fill of the image does (miss:
+ * the first request starts it, every other follows it), or the source itself
+ * (bypass: whatever cannot or should not be cached).
+ */
+export function imageDataRoute(deps: ImageDataDeps) {
+  const { cache, fills, source, metrics } = deps;
+
+  return async function getImageData(req: IncomingMessage, res: ServerResponse, notes: RequestNotes, imageId: string): Promise<void> {
+    notes.imageId = imageId;
+    const token = tokenOf(req);
+    const metadata = await source.metadata(imageId, token);
+    if (!metadata.ok) {
+      if (metadata.answer.status === 404) await dropIfProvenGone(deps, imageId);
+      sendAnswer(res, metadata.answer);
+      return;
+    }
+    const image = metadata.image;
+    if (image.status !== 'active' || !cache.isValidImageId(imageId)) {
+      await bypass(req, res, notes, image, undefined);
+      return;
+    }
+    const size = image.size;
+    const range = size === null ? undefined : parseRange(req.headers.range, size);
+    if (range === 'unsatisfiable') {
+      sendError(res, 416, `Requested range not satisfiable: the image has ${size} bytes`, { 'content-range': `bytes */${size}` });
+      return;
+    }
+    for (let turn = 0; turn < MAX_TURNS; turn++) {
+      const hit = await openHit(image, range);
+      if (hit !== undefined) {
+        notes.cache = 'hit';
+        res.writeHead(range ? 206 : 200, dataHeaders(image, hit.start, hit.end, hit.fileSize, range !== undefined));
+        try {
+          metrics.served('hit', await sendFile(res, hit));
+        } finally {
+          hit.close();
+        }
+        return;
+      }
+      if (size === null) break;
+      if (range !== undefined) {
+        // A range of an image nobody is filling is not worth a fill of its own: the source serves it.
+        const following = await fills.followIfFilling(image, range.start, range.end);
+        if (following === undefined) break;
+        await serveFill(res, notes, image, following, true, true);
+        return;
+      }
+      const result = await fills.follow(image, token, 0, size - 1);
+      if (result.kind === 'cached') continue;
+      if (result.kind === 'bypass') break;
+      if (result.kind === 'answer') {
+        await relay(res, result.response);
+        return;
+      }
+      await serveFill(res, notes, image, result.span, false, result.coalesced);
+      return;
+    }
+    await bypass(req, res, notes, image, range);
+  };
+
+  /** The cached file (or range of it), if it is cached and is this image; a copy of another size is stale and dropped. */
+  async function openHit(image: ImageMetadata, range: ResolvedRange | undefined): Promise<OpenImageFile | undefined> {
+    let hit: OpenImageFile;
+    try {
+      hit = await cache.openFile(image.id, range);
+    } catch (err) {
+      if (err instanceof ImageNotCached) return undefined;
+      throw err;
+    }
+    if (image.size === null || hit.fileSize === image.size) return hit;
+    hit.close();
+    deps.log.warn({ imageId: image.id, cached: hit.fileSize, source: image.size }, 'cached copy has the wrong size; dropping it');
+    await cache.deleteCachedImage(image.id);
+    metrics.evicted('stale');
+    return undefined;
+  }
+
+  async function serveFill(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, span: FollowSpan, partial: boolean, coalesced: boolean): Promise<void> {
+    notes.cache = 'miss';
+    notes.coalesced = coalesced;
+    res.writeHead(partial ? 206 : 200, dataHeaders(image, span.start, span.end, image.size!, partial));
+    try {
+      metrics.served('miss', await sendFile(res, span));
+    } finally {
+      span.release();
+    }
+  }
+
+  async function bypass(req: IncomingMessage, res: ServerResponse, notes: RequestNotes, image: ImageMetadata, range: ResolvedRange | undefined): Promise<void> {
+    notes.cache = 'bypass';
+    const response = await source.open(image.id, tokenOf(req), range);
+    metrics.served('bypass', await relay(res, response));
+  }
+}
+
+
+/** Glance's download headers: octet-stream, the length, Content-MD5 (Glance sends the hex checksum), and Content-Range for a range. */
+function dataHeaders(image: ImageMetadata, start: number, end: number, size: number, partial: boolean): OutgoingHttpHeaders {
+  const headers: OutgoingHttpHeaders = {
+    'content-type': 'application/octet-stream',
+    'content-length': end - start + 1,
+    'accept-ranges': 'bytes',
+  };
+  if (partial) headers['content-range'] = `bytes ${start}-${end}/${size}`;
+  else if (image.checksum !== null) headers['content-md5'] = image.checksum;
+  return headers;
+}
+
+/**
+ * The source says the image does not exist. With noauth that is proof (the
+ * upstream shows every image to everyone), so its cached copy goes, as the
+ * DELETE that removed it upstream would have removed it had it passed here.
+ * With keystone a 404 may mean only "not yours": another project's image
+ * stays (until the node can confirm with credentials of its own).
+ */
+async function dropIfProvenGone(deps: ImageDataDeps, imageId: string): Promise<void> {
+  if (deps.authStrategy !== 'noauth' || !deps.cache.isValidImageId(imageId)) return;
+  if (!(await deps.cache.isCached(imageId))) return;
+  await deps.cache.deleteCachedImage(imageId);
+  deps.metrics.evicted('upstream_deleted');
+  deps.log.info({ imageId }, 'the source no longer has the image; dropped its cached copy');
+}

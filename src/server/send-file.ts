@@ -1,0 +1,108 @@
+import fs from 'node:fs';
+import type { ServerResponse } from 'node:http';
+import type { FillProgress } from '../cache/fill-progress.js';
+
+/**
+ * Bytes of one read and one socket write. Large enough that the per-call
+ * costs (a syscall each way, a trip through the stream machinery) vanish
+ * beside the copying; small enough that a few per response bound memory.
+ */
+const CHUNK = 512 * 1024;
+/**
+ * Bytes sent back to back before the loop waits one turn of the event loop:
+ * a socket that takes every write at once (a fast client on loopback) would
+ * otherwise keep the loop to itself for a whole image.
+ */
+const YIELD_EVERY_BYTES = 8 * 1024 * 1024;
+/** Idle buffers kept for the next response; the rest are left to the GC. */
+const MAX_IDLE_BUFFERS = 64;
+
+/**
+ * Buffers are reused, not allocated per chunk: a fresh 512 KiB buffer is a
+ * fresh mapping whose pages the kernel faults in and zeroes on first touch,
+ * and the garbage collector then runs for them. Profiles of a hit showed
+ * that costing more CPU than the copying itself. A buffer goes back to the
+ * pool only when the socket has taken its bytes (the write's callback).
+ */
+const idle: Buffer[] = [];
+function takeBuffer(): Buffer {
+  return idle.pop() ?? Buffer.allocUnsafeSlow(CHUNK);
+}
+function giveBack(buffer: Buffer): void {
+  if (idle.length < MAX_IDLE_BUFFERS) idle.push(buffer);
+}
+
+/** Part of a file to send: [start, end] inclusive. With `progress`, a file still being filled. */
+export interface FileSpan {
+  fd: number;
+  start: number;
+  end: number;
+  progress?: FillProgress;
+}
+
+/**
+ * Sends [start, end] of the file into a response whose headers are set, and
+ * ends it. From a fill, it reads what is on disk, waits for more when it has
+ * caught up, and holds back the last byte until the fill has committed: a
+ * response never ends on bytes whose checksum was not verified. If the fill
+ * fails, or the file cannot be read, the connection is destroyed (the client
+ * sees an incomplete response, never a short one that looks whole).
+ * Resolves with the body bytes handed to the socket; never rejects.
+ */
+export async function sendFile(res: ServerResponse, span: FileSpan): Promise<number> {
+  let position = span.start;
+  let sinceYield = 0;
+  try {
+    while (position <= span.end && !res.destroyed) {
+      const last = await readableUpTo(span, position);
+      const buffer = takeBuffer();
+      const length = Math.min(CHUNK, last - position + 1);
+      const n = fs.readSync(span.fd, buffer, 0, length, position);
+      if (n === 0) {
+        giveBack(buffer);
+        const progress = span.progress;
+        if (progress === undefined || progress.outcome !== undefined) throw new Error(`the file ended at byte ${position} of ${span.end + 1}`);
+        // Not on disk yet though counted (a writer in another process): wait for its next change.
+        await progress.changed(progress.written);
+        continue;
+      }
+      position += n;
+      sinceYield += n;
+      const more = res.write(n === buffer.length ? buffer : buffer.subarray(0, n), () => giveBack(buffer));
+      if (!more) await drainedOrClosed(res);
+      if (sinceYield >= YIELD_EVERY_BYTES) {
+        sinceYield = 0;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
+    if (!res.destroyed) res.end();
+  } catch (err) {
+    res.destroy(err as Error);
+  }
+  return position - span.start;
+}
+
+/** The last byte that may be sent now, waiting for the fill if it has none past `position`; throws the fill's error. */
+async function readableUpTo(span: FileSpan, position: number): Promise<number> {
+  const progress = span.progress;
+  if (progress === undefined) return span.end;
+  for (;;) {
+    const { outcome, written } = progress;
+    if (outcome instanceof Error) throw outcome;
+    const last = outcome === 'committed' ? span.end : Math.min(span.end - 1, written - 1);
+    if (position <= last) return last;
+    await progress.changed(written);
+  }
+}
+
+function drainedOrClosed(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}

@@ -1,0 +1,81 @@
+/**
+ * Helpers for the node's tests: a node started in this process in front of a
+ * fake (or real) upstream, on a real socket, and a client that reads whole
+ * responses or notices when one is cut short.
+ */
+import { createHash } from 'node:crypto';
+import type { TestContext } from 'node:test';
+import { request } from 'undici';
+import { silentLogger } from '../../src/log.js';
+import { SERVE_DEFAULTS, type ServeConfig, type ServerOptions } from '../../src/server/config.js';
+import { startNode, type RunningNode } from '../../src/server/serve.js';
+import type { ImageCacheOptions } from '../../src/config.js';
+import { makeTempDir, removeDir } from '../helpers.js';
+
+export interface NodeUnderTest {
+  node: RunningNode;
+  url: string;
+  dir: string;
+}
+
+/** A node on an ephemeral port with its own cache directory, closed (and the directory removed) after the test. */
+export async function startTestNode(t: TestContext, server: Partial<ServerOptions>, cache: Partial<ImageCacheOptions> = {}): Promise<NodeUnderTest> {
+  const dir = makeTempDir('image-cache-node-');
+  const config: ServeConfig = {
+    cache: { imageCacheDir: `${dir}/cache`, ...cache },
+    server: { ...SERVE_DEFAULTS, filesystemStoreDatadir: `${dir}/images`, bindPort: 0, upstreamUrl: undefined, ...server },
+  };
+  const node = await startNode(config, { log: silentLogger });
+  t.after(async () => {
+    await node.close();
+    removeDir(dir);
+  });
+  return { node, url: node.url, dir };
+}
+
+export interface Fetched {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+}
+
+/** A whole response. Rejects when the body is cut short (a reset, or fewer bytes than its Content-Length). */
+export async function fetchAll(url: string, options: { method?: string; headers?: Record<string, string>; body?: Buffer | string } = {}): Promise<Fetched> {
+  const response = await request(url, { method: (options.method ?? 'GET') as 'GET', headers: options.headers, body: options.body });
+  const chunks: Buffer[] = [];
+  for await (const chunk of response.body) chunks.push(chunk as Buffer);
+  return { status: response.statusCode, headers: response.headers, body: Buffer.concat(chunks) };
+}
+
+/** The outcome of a download that may fail: the body, or the error that cut it. */
+export async function download(url: string, headers: Record<string, string> = {}): Promise<{ ok: true; response: Fetched } | { ok: false; error: Error }> {
+  try {
+    return { ok: true, response: await fetchAll(url, { headers }) };
+  } catch (error) {
+    return { ok: false, error: error as Error };
+  }
+}
+
+export function sha512(data: Buffer): string {
+  return createHash('sha512').update(data).digest('hex');
+}
+
+/**
+ * Resolves once `condition` holds, checking after each turn of the event
+ * loop's timers; fails after `timeoutMs`. For state another process or
+ * socket changes (a counter of the node's), where no event tells us.
+ */
+export async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** The value of a counter or gauge in the node's Prometheus text. */
+export async function metric(url: string, name: string): Promise<number> {
+  const text = (await fetchAll(`${url}/metrics`)).body.toString();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}

@@ -1,0 +1,310 @@
+/**
+ * Debian's glance-api (the reference implementation) on loopback, as a peer
+ * for integration tests and the HTTP benchmark: no auth, the file store, and
+ * the cache + cachemanage middleware with the sqlite or xattr driver, or no
+ * cache middleware at all (the plain Glance a cache node sits in front of).
+ *
+ * Everything lives in one temporary root (config, database, store, cache,
+ * logs) that stop() removes. glance-api runs in its own process group (its
+ * workers are forked into it), so the whole group is stopped at once, and is
+ * killed when this process exits without having stopped it.
+ */
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+
+/** Where Debian's glance-common puts the paste pipeline that both flavors (with and without the cache) come from. */
+const PASTE_INI = '/usr/share/glance-common/glance-api-paste.ini';
+const START_TIMEOUT_MS = 60_000;
+const POLL_INTERVAL_MS = 100;
+const STOP_TIMEOUT_MS = 10_000;
+/** Glance's default image_cache_max_size. */
+const DEFAULT_CACHE_MAX_SIZE = 10 * 1024 ** 3;
+
+export interface GlanceOptions {
+  /** Default: a free port. */
+  port?: number;
+  /** 'off': no cache middleware (paste flavor ''), as the upstream behind a cache node runs. Default 'on'. */
+  cache?: 'on' | 'off';
+  cacheDriver?: 'sqlite' | 'xattr';
+  workers?: number;
+  cacheMaxSize?: number;
+}
+
+export interface GlancePeer {
+  url: string;
+  root: string;
+  /** glance-api's log; its eventlet access lines ("GET /v2/images/ID/file ...") count the requests it served. */
+  log: string;
+  /** The process group: glance-api and its workers. */
+  pids(): number[];
+  stop(): Promise<void>;
+}
+
+/** Whether Debian's glance-api can be run here. */
+export function glanceAvailable(): boolean {
+  return onPath('glance-api') && onPath('glance-manage') && fs.existsSync(PASTE_INI);
+}
+
+export async function startGlance(options: GlanceOptions = {}): Promise<GlancePeer> {
+  // A port already taken would have /versions answered by whoever holds it: refuse it before starting.
+  const port = await freePort(options.port ?? 0);
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'glance-peer-'));
+  const conf = writeConfig(root, port, options);
+  let peer: RunningGlance | undefined;
+  try {
+    await dbSync(root, conf);
+    peer = spawnApi(root, conf, `http://127.0.0.1:${port}`);
+    await waitUntilServing(peer);
+    return peer;
+  } catch (err) {
+    if (peer !== undefined) await peer.stop();
+    else fs.rmSync(root, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** Creates a raw/bare image and uploads its bytes (a Buffer, or a file streamed from its path); resolves to its id once active. */
+export async function uploadImage(url: string, data: Buffer | string, name = 'image'): Promise<string> {
+  const created = await request(`${url}/v2/images`, 'POST', { 'Content-Type': 'application/json' }, JSON.stringify({
+    name,
+    disk_format: 'raw',
+    container_format: 'bare',
+  }));
+  if (created.status !== 201) throw new Error(`POST /v2/images: ${created.status} ${created.body}`);
+  const { id } = JSON.parse(created.body) as { id: string };
+  const size = typeof data === 'string' ? fs.statSync(data).size : data.length;
+  const body = typeof data === 'string' ? fs.createReadStream(data) : data;
+  const uploaded = await request(`${url}/v2/images/${id}/file`, 'PUT', {
+    'Content-Type': 'application/octet-stream',
+    'Content-Length': String(size),
+  }, body);
+  if (uploaded.status !== 204) throw new Error(`PUT /v2/images/${id}/file: ${uploaded.status} ${uploaded.body}`);
+  return id;
+}
+
+class RunningGlance implements GlancePeer {
+  readonly log: string;
+  /** Set when glance-api itself has exited, so that waiting for it can stop early. */
+  exited: string | undefined;
+  private stopped = false;
+
+  constructor(readonly url: string, readonly root: string, readonly pgid: number) {
+    this.log = path.join(root, 'log', 'api.log');
+  }
+
+  pids(): number[] {
+    return processGroup(this.pgid);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    signalGroup(this.pgid, 'SIGTERM');
+    if (!(await this.waitForGroupExit(STOP_TIMEOUT_MS))) {
+      signalGroup(this.pgid, 'SIGKILL');
+      await this.waitForGroupExit(STOP_TIMEOUT_MS);
+    }
+    running.delete(this);
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+
+  /** The last lines of glance-api's logs, for a failure's message. */
+  logTail(lines = 20): string {
+    return ['stdout.log', 'api.log']
+      .map((name) => path.join(this.root, 'log', name))
+      .filter((file) => fs.existsSync(file))
+      .map((file) => `--- ${path.basename(file)}\n${tail(fs.readFileSync(file, 'utf8'), lines)}`)
+      .join('\n');
+  }
+
+  private async waitForGroupExit(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.pids().length > 0) {
+      if (Date.now() > deadline) return false;
+      await sleep(50);
+    }
+    return true;
+  }
+}
+
+/** Peers not stopped yet: killed, and their roots removed, if this process exits first. */
+const running = new Set<RunningGlance>();
+process.on('exit', () => {
+  for (const peer of running) {
+    signalGroup(peer.pgid, 'SIGKILL');
+    fs.rmSync(peer.root, { recursive: true, force: true });
+  }
+});
+
+/** The configuration start.sh writes: loopback, no auth, file store, sqlite database, cache middleware unless 'off'. */
+function writeConfig(root: string, port: number, options: GlanceOptions): string {
+  for (const dir of ['etc', 'cache', 'images', 'log']) fs.mkdirSync(path.join(root, dir));
+  const etc = path.join(root, 'etc');
+  const paste = path.join(etc, 'glance-api-paste.ini');
+  fs.copyFileSync(PASTE_INI, paste);
+  const policy = path.join(etc, 'policy.yaml');
+  // No auth means no roles: the cache API's rules must let anyone through.
+  fs.writeFileSync(policy, ['manage_image_cache', 'cache_image', 'cache_list', 'cache_delete'].map((rule) => `"${rule}": ""\n`).join(''));
+  const conf = path.join(etc, 'glance-api.conf');
+  fs.writeFileSync(conf, `[DEFAULT]
+bind_host = 127.0.0.1
+bind_port = ${port}
+workers = ${options.workers ?? 1}
+image_cache_dir = ${path.join(root, 'cache')}
+image_cache_driver = ${options.cacheDriver ?? 'sqlite'}
+image_cache_max_size = ${options.cacheMaxSize ?? DEFAULT_CACHE_MAX_SIZE}
+log_file = ${path.join(root, 'log', 'api.log')}
+debug = false
+enabled_import_methods = []
+[database]
+connection = sqlite:///${path.join(root, 'glance.sqlite')}
+[paste_deploy]
+flavor = ${options.cache === 'off' ? '' : 'cachemanagement'}
+config_file = ${paste}
+[glance_store]
+stores = file
+default_store = file
+filesystem_store_datadir = ${path.join(root, 'images')}
+[oslo_policy]
+enforce_scope = false
+enforce_new_defaults = false
+policy_file = ${policy}
+`);
+  return conf;
+}
+
+function dbSync(root: string, conf: string): Promise<void> {
+  const logFile = path.join(root, 'log', 'dbsync.log');
+  return new Promise((resolve, reject) => {
+    execFile('glance-manage', ['--config-file', conf, 'db_sync'], { cwd: root, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      fs.writeFileSync(logFile, stdout + stderr);
+      if (err) reject(new Error(`glance-manage db_sync failed: ${err.message}\n${tail(stdout + stderr, 20)}`));
+      else resolve();
+    });
+  });
+}
+
+function spawnApi(root: string, conf: string, url: string): RunningGlance {
+  const out = fs.openSync(path.join(root, 'log', 'stdout.log'), 'a');
+  // detached: setsid, so its pid is also the group id of glance-api and the workers it forks.
+  const child = spawn('glance-api', ['--config-file', conf], { cwd: root, detached: true, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  if (child.pid === undefined) throw new Error('glance-api could not be spawned');
+  // Not keeping this process alive for it: stop() or the exit hook ends it.
+  child.unref();
+  const peer = new RunningGlance(url, root, child.pid);
+  running.add(peer);
+  child.on('exit', (code, signal) => {
+    peer.exited = `glance-api exited (${signal ?? `code ${code}`})`;
+  });
+  return peer;
+}
+
+/** Polls /versions until glance-api answers, it exits, or the deadline passes (then fails with its logs' tails). */
+async function waitUntilServing(peer: RunningGlance): Promise<void> {
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    if (await answers(`${peer.url}/versions`)) return;
+    const reason = peer.exited ?? (Date.now() > deadline ? `no answer within ${START_TIMEOUT_MS} ms` : undefined);
+    if (reason !== undefined) throw new Error(`glance-api on ${peer.url} did not come up: ${reason}\n${peer.logTail()}`);
+    await sleep(POLL_INTERVAL_MS);
+  }
+}
+
+async function answers(url: string): Promise<boolean> {
+  try {
+    const { status } = await request(url, 'GET', {}, undefined, 2000);
+    return status < 400;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * One request on its own connection (no agent: nothing stays open to keep
+ * the process alive), with the whole answer as text.
+ */
+async function request(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  body?: string | Buffer | fs.ReadStream,
+  timeoutMs?: number,
+): Promise<{ status: number; body: string }> {
+  const req = http.request(url, { method, agent: false, timeout: timeoutMs, headers: { 'X-Auth-Token': 'x', ...headers } });
+  req.on('timeout', () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
+  const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
+    req.once('response', resolve);
+    req.once('error', reject);
+  });
+  // A server that refuses the body answers and closes mid-upload: its answer says why, the send error would not.
+  const sent = body instanceof fs.ReadStream ? pipeline(body, req).catch((err: Error) => err) : (req.end(body), Promise.resolve());
+  const res = await answered;
+  let text = '';
+  for await (const chunk of res) text += String(chunk);
+  const sendError = await sent;
+  if (sendError instanceof Error && (res.statusCode ?? 0) < 400) throw sendError;
+  return { status: res.statusCode ?? 0, body: text };
+}
+
+/** `port` (0: any) once it has been seen free on 127.0.0.1. */
+function freePort(port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', (err) => reject(new Error(`port ${port} on 127.0.0.1 is not free: ${err.message}`)));
+    server.listen(port, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Live (not zombie) processes whose process group is `pgid`. */
+function processGroup(pgid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // exited while we looked
+    }
+    // Fields after the command name (which may hold spaces and parentheses): state ppid pgrp ...
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (state !== 'Z' && Number(pgrp) === pgid) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, command), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function tail(text: string, lines: number): string {
+  return text.trimEnd().split('\n').slice(-lines).join('\n');
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
