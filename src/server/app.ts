@@ -36,7 +36,7 @@ const IMAGE = /^\/v2\/images\/([^/]+)$/;
  */
 export function createServer(deps: AppDeps): http.Server {
   const { log } = deps;
-  const imageData = imageDataRoute({ ...deps, authStrategy: deps.options.authStrategy });
+  const imageData = imageDataRoute({ ...deps, authStrategy: deps.options.authStrategy, xAccelRedirect: deps.options.xAccelRedirect });
   const forward = deps.upstream ? forwardRoute(deps.upstream) : undefined;
   const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.metrics, log) : undefined;
   const localApi = localApiRoute(deps.source);

@@ -21,6 +21,13 @@ export interface ServerOptions {
    * (and its cached copy is dropped). keystone: a 404 may only mean "not yours".
    */
   authStrategy: AuthStrategy;
+  /**
+   * With an nginx in front: the internal location (`/_image_cache/`) under
+   * which nginx serves the cache directory. A hit is then authorized by the
+   * node and answered with `X-Accel-Redirect`, and nginx sends the file with
+   * sendfile(2), which Node cannot. Unset: the node sends hits itself.
+   */
+  xAccelRedirect: string | undefined;
 }
 
 export interface ServeConfig {
@@ -37,10 +44,11 @@ export const SERVE_DEFAULTS = {
   workers: 1,
   upstreamTimeout: 60,
   authStrategy: 'noauth' as AuthStrategy,
+  xAccelRedirect: undefined as string | undefined,
 };
 
 /** The options `serve` reads, by their names in glance-api.conf. Glance's hundreds of others are ignored. */
-const SERVER_NAMES = ['bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy'] as const;
+const SERVER_NAMES = ['bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy', 'x_accel_redirect'] as const;
 const CACHE_NAMES = ['image_cache_dir', 'image_cache_driver', 'image_cache_max_size', 'image_cache_stall_time', 'image_cache_sqlite_db', 'worker_self_reference_url', 'database_connection'] as const;
 export const SERVE_OPTION_NAMES: readonly string[] = [...CACHE_NAMES, ...SERVER_NAMES];
 /** The flags of the node's own options (--bind-port, ...); the cache's are every command's. */
@@ -125,6 +133,7 @@ function serverOptions(settings: Map<string, Setting>): ServerOptions {
     workers: Math.max(1, get('workers', integer(0, 256), SERVE_DEFAULTS.workers)),
     upstreamTimeout: get('upstream_timeout', positiveSeconds, SERVE_DEFAULTS.upstreamTimeout),
     authStrategy: get('auth_strategy', oneOf(['noauth', 'keystone'] as const), SERVE_DEFAULTS.authStrategy),
+    xAccelRedirect: get<string | undefined>('x_accel_redirect', locationPrefix, undefined),
   };
 }
 
@@ -150,6 +159,9 @@ const httpUrl: Parser<string> = (value) => {
   const { protocol } = new URL(value);
   return protocol === 'http:' || protocol === 'https:' ? { value } : invalid;
 };
+
+const locationPrefix: Parser<string> = (value) =>
+  (/^\/[A-Za-z0-9._~/-]*\/$/.test(value) ? { value } : { invalid: `must be a location path that starts and ends with / (such as /_image_cache/), not ${JSON.stringify(value)}` });
 
 function oneOf<T extends string>(choices: readonly T[]): Parser<T> {
   return (value) => ((choices as readonly string[]).includes(value) ? { value: value as T } : { invalid: `must be one of ${choices.join(', ')}, not ${JSON.stringify(value)}` });

@@ -17,6 +17,8 @@ export interface ImageDataDeps {
   source: ImageSource;
   metrics: NodeMetrics;
   authStrategy: AuthStrategy;
+  /** x_accel_redirect: hand hits to the nginx in front (see ServerOptions). */
+  xAccelRedirect: string | undefined;
   log: Logger;
 }
 
@@ -58,6 +60,10 @@ export function imageDataRoute(deps: ImageDataDeps) {
       const hit = await openHit(image, range);
       if (hit !== undefined) {
         notes.cache = 'hit';
+        if (deps.xAccelRedirect !== undefined) {
+          redirectToFront(res, image, hit, deps.xAccelRedirect);
+          return;
+        }
         res.writeHead(range ? 206 : 200, dataHeaders(image, hit.start, hit.end, hit.fileSize, range !== undefined));
         try {
           metrics.served('hit', await sendFile(res, hit));
@@ -102,6 +108,19 @@ export function imageDataRoute(deps: ImageDataDeps) {
     await cache.deleteCachedImage(image.id);
     metrics.evicted('stale');
     return undefined;
+  }
+
+  /**
+   * The hit, authorized, handed to the nginx in front: it serves the file
+   * (and the client's Range) from its internal location with sendfile. The
+   * checksum rides in the query, for nginx to send as Content-MD5.
+   */
+  function redirectToFront(res: ServerResponse, image: ImageMetadata, hit: OpenImageFile, location: string): void {
+    hit.close(); // records the hit; nginx opens the file itself
+    const query = image.checksum === null ? '' : `?md5=${encodeURIComponent(image.checksum)}`;
+    res.writeHead(200, { 'x-accel-redirect': `${location}${encodeURIComponent(image.id)}${query}`, 'content-type': 'application/octet-stream', 'content-length': 0 });
+    res.end();
+    metrics.served('hit', hit.end - hit.start + 1);
   }
 
   async function serveFill(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, span: FollowSpan, partial: boolean, coalesced: boolean): Promise<void> {
