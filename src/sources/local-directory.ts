@@ -7,6 +7,7 @@ import { CacheFileReader } from '../fs/cache-reader.js';
 import { errorCode, unlinkIfExists } from '../fs/files.js';
 import { isValidImageId, validateImageId } from '../image-id.js';
 import type { ByteRange } from '../types.js';
+import { glanceTime, imageDocument } from './image-document.js';
 import type { ImageMetadata, ImageSource, MetadataResult, SourceAnswer, SourceResponse } from './source.js';
 
 /*
@@ -27,27 +28,8 @@ const KIND = 'local';
 const COPY_CHUNK = 1024 * 1024;
 
 /** The image document of an imported image, shaped like Glance's `GET /v2/images/{id}`. */
-export interface LocalImageDocument {
-  id: string;
-  name: string | null;
-  status: 'active';
-  size: number;
-  checksum: string;
-  os_hash_algo: 'sha512';
-  os_hash_value: string;
-  disk_format: 'raw';
-  container_format: 'bare';
-  visibility: 'public';
-  protected: false;
-  min_disk: 0;
-  min_ram: 0;
-  tags: string[];
-  created_at: string;
-  updated_at: string;
-  file: string;
-  self: string;
-  schema: '/v2/schemas/image';
-}
+/** The image document the store keeps beside each image (Glance's v2 shape, see imageDocument). */
+export type LocalImageDocument = Record<string, unknown> & { id: string; checksum: string; os_hash_value: string; size: number };
 
 /** importImage with an ID the store already holds: stored images are never replaced. */
 export class ImageExists extends ImageCacheError {
@@ -156,28 +138,21 @@ export async function importImage(dir: string, file: string, options: { id?: str
     }
     await syncDirectory(store);
 
-    const now = glanceTime(new Date());
-    const document: LocalImageDocument = {
+    const now = glanceTime();
+    const document = imageDocument({
       id,
       name: options.name ?? path.basename(file),
       status: 'active',
+      visibility: 'public',
       size: copied.size,
       checksum: copied.md5,
-      os_hash_algo: 'sha512',
-      os_hash_value: copied.sha512,
-      disk_format: 'raw',
-      container_format: 'bare',
-      visibility: 'public',
-      protected: false,
-      min_disk: 0,
-      min_ram: 0,
-      tags: [],
-      created_at: now,
-      updated_at: now,
-      file: `/v2/images/${id}/file`,
-      self: `/v2/images/${id}`,
-      schema: '/v2/schemas/image',
-    };
+      osHashAlgo: 'sha512',
+      osHashValue: copied.sha512,
+      diskFormat: 'raw',
+      containerFormat: 'bare',
+      createdAt: now,
+      updatedAt: now,
+    }) as LocalImageDocument;
     await writeDocument(store, id, document);
     return document;
   } finally {
@@ -272,9 +247,6 @@ async function syncDirectory(dir: string): Promise<void> {
 }
 
 /** Glance's timestamps: ISO 8601 in UTC, to the second (`2026-11-28T14:00:00Z`). */
-function glanceTime(date: Date): string {
-  return `${date.toISOString().slice(0, 19)}Z`;
-}
 
 /**
  * The stored document as ImageMetadata. A document that is not JSON, or not

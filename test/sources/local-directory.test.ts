@@ -59,6 +59,9 @@ describe('LocalDirectorySource and importImage', () => {
       container_format: 'bare',
       visibility: 'public',
       protected: false,
+      os_hidden: false,
+      owner: null,
+      virtual_size: null,
       min_disk: 0,
       min_ram: 0,
       tags: [],
@@ -68,7 +71,7 @@ describe('LocalDirectorySource and importImage', () => {
       self: '/v2/images/img-1',
       schema: '/v2/schemas/image',
     });
-    assert.match(document.created_at, GLANCE_TIME);
+    assert.match(String(document.created_at), GLANCE_TIME);
     assert.equal(document.updated_at, document.created_at);
     assert.ok(fs.readFileSync(path.join(store, 'img-1')).equals(data));
 

@@ -16,6 +16,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { glanceTime, imageDocument } from '../../src/sources/image-document.js';
 
 export interface FakeImageInit {
   id?: string;
@@ -305,37 +306,7 @@ interface StoredImage {
 }
 
 /** Glance's timestamps: ISO 8601 to the second, UTC. */
-function glanceTime(): string {
-  return new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
 
-/** The image as `GET /v2/images/{id}` shows it. */
-function imageDocument(image: StoredImage): Record<string, unknown> {
-  return {
-    id: image.id,
-    name: image.name,
-    status: image.status,
-    visibility: image.visibility,
-    protected: false,
-    os_hidden: false,
-    owner: null,
-    checksum: image.checksum,
-    os_hash_algo: image.osHashAlgo,
-    os_hash_value: image.osHashValue,
-    size: image.size,
-    virtual_size: null,
-    disk_format: image.diskFormat,
-    container_format: image.containerFormat,
-    min_disk: 0,
-    min_ram: 0,
-    tags: [],
-    created_at: image.createdAt,
-    updated_at: image.updatedAt,
-    file: `/v2/images/${image.id}/file`,
-    self: `/v2/images/${image.id}`,
-    schema: '/v2/schemas/image',
-  };
-}
 
 interface Digests {
   size: number;
