@@ -1,11 +1,15 @@
 import fs from 'node:fs';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { WrongImageLength, SourceStalled } from '../errors.js';
+import { ChecksumMismatch, SourceStalled, WrongImageLength } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import type { ExpectedChecksum } from '../types.js';
-import { checksumRule, ChecksumVerifier } from './checksum.js';
+import { checksumRule, ChecksumVerifier, type ChecksumRule } from './checksum.js';
+import { FileHasher } from './file-hasher.js';
 import type { FillProgress } from './fill-progress.js';
+
+/** Images this large are hashed on a hash thread; smaller ones inline, where a thread's round trip would cost more than it saves. */
+const HASH_OFF_THREAD_FROM = 4 * 1024 * 1024;
 
 /** What a fill reports as it goes (metrics). */
 export interface FillEvents {
@@ -71,11 +75,42 @@ export class Fill implements FillProgress {
     this.source = source;
     const rule = checksumRule(this.expected);
     const guard = new LengthGuard(this.imageId, this.size, stallMs, events);
-    const done = rule ? pipeline(source, guard, new ChecksumVerifier(rule), this.writer) : pipeline(source, guard, this.writer);
+    let done: Promise<void>;
+    if (rule === undefined) {
+      done = pipeline(source, guard, this.writer);
+    } else if (this.size < HASH_OFF_THREAD_FROM) {
+      done = pipeline(source, guard, new ChecksumVerifier(rule), this.writer);
+    } else {
+      done = this.hashedOffThread(rule, pipeline(source, guard, this.writer));
+    }
     done.then(
       () => this.settle('committed'),
       (err: Error) => this.settle(err),
     );
+  }
+
+  /**
+   * The checksum computed on a hash thread from the file as it is written,
+   * and checked by the commit before it publishes: the main thread only
+   * receives, writes and sends. The thread holds the shared descriptor
+   * until it has stopped reading.
+   */
+  private async hashedOffThread(rule: ChecksumRule, written: Promise<void>): Promise<void> {
+    const release = this.acquire();
+    const hasher = new FileHasher(this.readFd, rule.algorithm);
+    this.writer.on('progress', (bytes: number) => hasher.written(bytes));
+    let digested = false;
+    this.writer.verifyBeforePublish(async () => {
+      const actual = await hasher.digest(this.writer.bytesWritten);
+      digested = true;
+      if (actual !== rule.expected) throw new ChecksumMismatch(rule.algorithm, rule.expected, actual);
+    });
+    try {
+      await written;
+    } finally {
+      if (!digested) await hasher.cancel();
+      release();
+    }
   }
 
   /** Ends the fill before its source has answered (or to shut down): nothing is cached. */

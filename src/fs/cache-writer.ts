@@ -99,7 +99,7 @@ export const abandonedWriterChannel = channel('image-cache:writer-abandoned');
  * (claim.ts) from open() until its file is published or discarded.
  *
  * Ending it commits, and the whole commit is commit() below: begin the
- * record, fsync, check the file is still ours, refuse if the image got cached
+ * record, fsync (and run the verifyBeforePublish check), check the file is still ours, refuse if the image got cached
  * meanwhile, publish (rename into place), then make the rename durable and
  * commit the record together (withdrawing it if a delete got in between), pop
  * the queue marker, and only then release the claim and emit 'finish'. Once
@@ -118,6 +118,7 @@ export class CacheWriter extends Writable {
   private claim: Claim | undefined;
   private committing: Promise<void> | undefined;
   private published = false;
+  private check: (() => Promise<void>) | undefined;
   private readonly ctx: WriterContext;
 
   private constructor(ctx: WriterContext, claim: Claim) {
@@ -146,6 +147,16 @@ export class CacheWriter extends Writable {
     }
     if (claim.tookOver) ctx.log.info({ imageId }, 'took over the incomplete file of a writer that died');
     return new CacheWriter(ctx, claim);
+  }
+
+  /**
+   * A check the commit runs beside its fsync, before it publishes: if it
+   * rejects, nothing is published and the file goes to invalid/. For a
+   * verification that runs apart from the writes (a checksum computed on
+   * another thread as the file grows).
+   */
+  verifyBeforePublish(check: () => Promise<void>): void {
+    this.check = check;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -206,7 +217,7 @@ export class CacheWriter extends Writable {
     const now = nowSeconds();
     const record = startRecord(metadata, size, now);
     try {
-      await io.fsync(claim.fd);
+      await Promise.all([io.fsync(claim.fd), this.check?.()]);
       if (!claimIntact(claim)) throw new ClaimLost(this.imageId, 'was removed or replaced');
       // Only a process outside the cache can have published the image meanwhile (we hold the claim).
       if (fs.existsSync(paths.active)) throw new ImageAlreadyCached(this.imageId);

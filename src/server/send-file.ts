@@ -44,7 +44,8 @@ export interface FileSpan {
  * Sends [start, end] of the file into a response whose headers are set, and
  * ends it. From a fill, it reads what is on disk, waits for more when it has
  * caught up, and holds back the last byte until the fill has committed: a
- * response never ends on bytes whose checksum was not verified. If the fill
+ * response never ends on bytes whose length and checksum were not verified
+ * (and a client that has the whole image finds it cached). If the fill
  * fails, or the file cannot be read, the connection is destroyed (the client
  * sees an incomplete response, never a short one that looks whole).
  * Resolves with the body bytes handed to the socket; never rejects.

@@ -137,15 +137,27 @@ describe('image data: eviction on proof that the image is gone', () => {
 });
 
 describe('image data: only verified images are cached', () => {
-  it('a sha512 that does not match aborts the response and caches nothing', async (t) => {
-    const { fake, url, node, dir } = await setUp(t);
-    const image = await fake.addImage({ data: imageBytes(2 * 1024 * 1024), osHashValue: 'ab'.repeat(64) });
-    const result = await download(fileUrl(url, image.id));
-    assert.equal(result.ok, false, 'the client sees an incomplete response, never a whole wrong one');
-    assert.equal(await node.cache.isCached(image.id), false);
-    assert.deepEqual(fs.readdirSync(path.join(dir, 'cache', 'incomplete')), []);
-    assert.equal(await metric(url, 'image_cache_upstream_fetches_total{outcome="failed"}'), 1);
-  });
+  // 2 MiB is hashed inline; 8 MiB on a hash thread while it is written.
+  for (const size of [2 * 1024 * 1024, 8 * 1024 * 1024]) {
+    it(`a sha512 that does not match aborts the response and caches nothing (${size / 1024 / 1024} MiB)`, async (t) => {
+      const { fake, url, node, dir } = await setUp(t);
+      const image = await fake.addImage({ data: imageBytes(size), osHashValue: 'ab'.repeat(64) });
+      const result = await download(fileUrl(url, image.id));
+      assert.equal(result.ok, false, 'the client sees an incomplete response, never a whole wrong one');
+      assert.equal(await node.cache.isCached(image.id), false);
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'cache', 'incomplete')), []);
+      assert.equal(await metric(url, 'image_cache_upstream_fetches_total{outcome="failed"}'), 1);
+    });
+
+    it(`a sha512 that matches caches the image (${size / 1024 / 1024} MiB)`, async (t) => {
+      const { fake, url, node } = await setUp(t);
+      const data = imageBytes(size);
+      const image = await fake.addImage({ data });
+      const result = await download(fileUrl(url, image.id));
+      assert.ok(result.ok && result.response.body.equals(data));
+      assert.equal(await node.cache.isCached(image.id), true);
+    });
+  }
 
   it('verifies the strongest hash given: sha512 right and md5 wrong caches', async (t) => {
     const { fake, url, node } = await setUp(t);
