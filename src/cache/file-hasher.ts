@@ -14,9 +14,15 @@ export class FileHasher {
   private readonly state = new BigInt64Array(new SharedArrayBuffer(16));
   private readonly result: Promise<HashResult>;
 
-  constructor(fd: number, algorithm: string) {
+  private constructor(fd: number, algorithm: string, worker: Worker) {
     Atomics.store(this.state, HASH_STATE.end, -1n);
-    this.result = pool.run({ fd, algorithm, state: this.state.buffer as SharedArrayBuffer });
+    this.result = pool.run(worker, { fd, algorithm, state: this.state.buffer as SharedArrayBuffer });
+  }
+
+  /** A hasher on a free hash thread; undefined when every thread is busy (the caller hashes inline). */
+  static tryStart(fd: number, algorithm: string): FileHasher | undefined {
+    const worker = pool.take();
+    return worker === undefined ? undefined : new FileHasher(fd, algorithm, worker);
   }
 
   /** The writer has written `bytes` bytes from the start. */
@@ -44,55 +50,43 @@ export class FileHasher {
 }
 
 /**
- * Hash threads, started on demand and kept for the next fill: as many as
- * there are cores (more would only share them). Jobs beyond that wait their
- * turn. Idle threads do not keep the process alive.
+ * Hash threads, started on demand and kept for the next fill. Each costs
+ * about 10 MB of memory (a V8 isolate), so there are few: one for every two
+ * cores, the other core being the main thread's. A fill that finds them all
+ * busy hashes inline instead of waiting. Idle threads do not keep the process alive.
  */
 class HashThreadPool {
   private readonly idle: Worker[] = [];
-  private readonly queue: Array<{ job: HashJob; resolve: (result: HashResult) => void }> = [];
   private started = 0;
-  private readonly max = Math.max(1, os.availableParallelism());
+  private readonly max = Math.max(1, Math.floor(os.availableParallelism() / 2));
 
-  run(job: HashJob): Promise<HashResult> {
-    return new Promise((resolve) => {
-      this.queue.push({ job, resolve });
-      this.dispatch();
-    });
+  /** A thread for one job, or undefined when all are busy. */
+  take(): Worker | undefined {
+    const worker = this.idle.pop();
+    if (worker !== undefined) return worker;
+    if (this.started >= this.max) return undefined;
+    this.started++;
+    return new Worker(new URL('./hash-thread.js', import.meta.url));
   }
 
-  private dispatch(): void {
-    while (this.queue.length > 0) {
-      const worker = this.idle.pop() ?? this.start();
-      if (worker === undefined) return;
-      const { job, resolve } = this.queue.shift()!;
+  run(worker: Worker, job: HashJob): Promise<HashResult> {
+    return new Promise((resolve) => {
       worker.ref();
       const settle = (result: HashResult): void => {
-        worker.off('message', settle);
         worker.off('error', failed);
         worker.unref();
         this.idle.push(worker);
         resolve(result);
-        this.dispatch();
       };
       const failed = (err: Error): void => {
         worker.off('message', settle);
         this.started--;
         resolve({ error: err.message });
-        this.dispatch();
       };
-      worker.on('message', settle);
+      worker.once('message', settle);
       worker.once('error', failed);
       worker.postMessage(job);
-    }
-  }
-
-  private start(): Worker | undefined {
-    if (this.started >= this.max) return undefined;
-    this.started++;
-    const worker = new Worker(new URL('./hash-thread.js', import.meta.url));
-    worker.unref();
-    return worker;
+    });
   }
 }
 

@@ -75,14 +75,11 @@ export class Fill implements FillProgress {
     this.source = source;
     const rule = checksumRule(this.expected);
     const guard = new LengthGuard(this.imageId, this.size, stallMs, events);
+    const hasher = rule !== undefined && this.size >= HASH_OFF_THREAD_FROM ? FileHasher.tryStart(this.readFd, rule.algorithm) : undefined;
     let done: Promise<void>;
-    if (rule === undefined) {
-      done = pipeline(source, guard, this.writer);
-    } else if (this.size < HASH_OFF_THREAD_FROM) {
-      done = pipeline(source, guard, new ChecksumVerifier(rule), this.writer);
-    } else {
-      done = this.hashedOffThread(rule, pipeline(source, guard, this.writer));
-    }
+    if (rule === undefined) done = pipeline(source, guard, this.writer);
+    else if (hasher === undefined) done = pipeline(source, guard, new ChecksumVerifier(rule), this.writer);
+    else done = this.hashedOffThread(rule, hasher, pipeline(source, guard, this.writer));
     done.then(
       () => this.settle('committed'),
       (err: Error) => this.settle(err),
@@ -95,9 +92,8 @@ export class Fill implements FillProgress {
    * receives, writes and sends. The thread holds the shared descriptor
    * until it has stopped reading.
    */
-  private async hashedOffThread(rule: ChecksumRule, written: Promise<void>): Promise<void> {
+  private async hashedOffThread(rule: ChecksumRule, hasher: FileHasher, written: Promise<void>): Promise<void> {
     const release = this.acquire();
-    const hasher = new FileHasher(this.readFd, rule.algorithm);
     this.writer.on('progress', (bytes: number) => hasher.written(bytes));
     let digested = false;
     this.writer.verifyBeforePublish(async () => {

@@ -32,7 +32,7 @@ export class ImageCache {
     const resolved = resolveOptions(options);
     const log = resolved.logger ?? createLogger();
     try {
-      const driver = createDriver(resolved.imageCacheDriver, resolved);
+      const driver = await createDriver(resolved.imageCacheDriver, resolved);
       await driver.configure();
       log.info({ driver: driver.name, dir: resolved.imageCacheDir }, 'image cache driver loaded');
       return new ImageCache(driver, resolved, log);
@@ -41,7 +41,7 @@ export class ImageCache {
       log.warn({ driver: resolved.imageCacheDriver, err }, 'image cache driver failed to configure; falling back to sqlite');
     }
     const fallbackOptions = { ...resolved, imageCacheDriver: 'sqlite' as const };
-    const fallback = createDriver('sqlite', fallbackOptions);
+    const fallback = await createDriver('sqlite', fallbackOptions);
     await fallback.configure();
     return new ImageCache(fallback, fallbackOptions, log);
   }

@@ -3,33 +3,51 @@ import type { ServerResponse } from 'node:http';
 import type { FillProgress } from '../cache/fill-progress.js';
 
 /**
- * Bytes of one read and one socket write. Large enough that the per-call
- * costs (a syscall each way, a trip through the stream machinery) vanish
- * beside the copying; small enough that a few per response bound memory.
+ * Bytes of one read and one socket write: larger chunks cost less CPU per
+ * byte (fewer system calls and trips through the stream machinery; bench:http
+ * measures it), but a response holds one or two of them while the socket
+ * drains. So a few responses get 2 MiB chunks, many get smaller ones, down
+ * to 256 KiB: together they hold about BUFFER_BUDGET, however many there are.
  */
-const CHUNK = 512 * 1024;
+const MIN_CHUNK = 256 * 1024;
+const MAX_CHUNK = 2 * 1024 * 1024;
+const BUFFER_BUDGET = 16 * 1024 * 1024;
 /**
  * Bytes sent back to back before the loop waits one turn of the event loop:
  * a socket that takes every write at once (a fast client on loopback) would
  * otherwise keep the loop to itself for a whole image.
  */
 const YIELD_EVERY_BYTES = 8 * 1024 * 1024;
-/** Idle buffers kept for the next response; the rest are left to the GC. */
-const MAX_IDLE_BUFFERS = 64;
+/** Idle buffers kept for the next responses, in bytes; the rest are left to the GC. */
+const MAX_IDLE_BYTES = 8 * 1024 * 1024;
+
+/** Responses sending now. */
+let sending = 0;
 
 /**
- * Buffers are reused, not allocated per chunk: a fresh 512 KiB buffer is a
- * fresh mapping whose pages the kernel faults in and zeroes on first touch,
- * and the garbage collector then runs for them. Profiles of a hit showed
- * that costing more CPU than the copying itself. A buffer goes back to the
- * pool only when the socket has taken its bytes (the write's callback).
+ * Buffers are reused, not allocated per chunk: a fresh buffer of this size
+ * is a fresh mapping whose pages the kernel faults in and zeroes on first
+ * touch, and the garbage collector then runs for them. Profiles of a hit
+ * showed that costing more CPU than the copying itself. A buffer goes back
+ * to the pool only when the socket has taken its bytes (the write's callback).
  */
-const idle: Buffer[] = [];
+const idle = new Map<number, Buffer[]>();
+let idleBytes = 0;
+
 function takeBuffer(): Buffer {
-  return idle.pop() ?? Buffer.allocUnsafeSlow(CHUNK);
+  const size = Math.max(MIN_CHUNK, Math.min(MAX_CHUNK, 2 ** Math.floor(Math.log2(BUFFER_BUDGET / Math.max(1, sending)))));
+  const buffer = idle.get(size)?.pop();
+  if (buffer === undefined) return Buffer.allocUnsafeSlow(size);
+  idleBytes -= size;
+  return buffer;
 }
+
 function giveBack(buffer: Buffer): void {
-  if (idle.length < MAX_IDLE_BUFFERS) idle.push(buffer);
+  if (idleBytes + buffer.length > MAX_IDLE_BYTES) return;
+  idleBytes += buffer.length;
+  let list = idle.get(buffer.length);
+  if (list === undefined) idle.set(buffer.length, (list = []));
+  list.push(buffer);
 }
 
 /** Part of a file to send: [start, end] inclusive. With `progress`, a file still being filled. */
@@ -53,11 +71,12 @@ export interface FileSpan {
 export async function sendFile(res: ServerResponse, span: FileSpan): Promise<number> {
   let position = span.start;
   let sinceYield = 0;
+  sending++;
   try {
     while (position <= span.end && !res.destroyed) {
       const last = await readableUpTo(span, position);
       const buffer = takeBuffer();
-      const length = Math.min(CHUNK, last - position + 1);
+      const length = Math.min(buffer.length, last - position + 1);
       const n = fs.readSync(span.fd, buffer, 0, length, position);
       if (n === 0) {
         giveBack(buffer);
@@ -79,6 +98,8 @@ export async function sendFile(res: ServerResponse, span: FileSpan): Promise<num
     if (!res.destroyed) res.end();
   } catch (err) {
     res.destroy(err as Error);
+  } finally {
+    sending--;
   }
   return position - span.start;
 }

@@ -1,77 +1,7 @@
 import cluster from 'node:cluster';
-import type { AddressInfo } from 'node:net';
-import type http from 'node:http';
 import { AggregatorRegistry } from 'prom-client';
-import { Fills } from '../cache/fills.js';
-import { ImageCache } from '../cache/image-cache.js';
 import { createLogger, type Logger } from '../log.js';
-import { GlanceSource, Upstream } from '../sources/glance.js';
-import { LocalDirectorySource } from '../sources/local-directory.js';
-import type { ImageSource } from '../sources/source.js';
-import { createServer } from './app.js';
 import type { ServeConfig } from './config.js';
-import { NodeMetrics } from './metrics.js';
-
-/** A node serving in this process. */
-export interface RunningNode {
-  readonly url: string;
-  readonly server: http.Server;
-  readonly cache: ImageCache;
-  readonly fills: Fills;
-  readonly metrics: NodeMetrics;
-  /** Stops accepting, aborts fills in flight, waits for responses, closes the cache. */
-  close(): Promise<void>;
-}
-
-/**
- * Starts the node in this process: the cache, the image source (the upstream
- * Glance if upstream_url is set, else the local image directory), the fills
- * and the HTTP server. `port` overrides bind_port (a worker of a cluster
- * listens on the port its primary shares).
- */
-export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
-  const log = options.log ?? createLogger();
-  const { server: opts } = config;
-  const cache = await ImageCache.create({ ...config.cache, logger: log });
-  const timeoutMs = opts.upstreamTimeout * 1000;
-  const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
-  const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
-  const metrics = new NodeMetrics(cache);
-  const fills = new Fills(cache, source, { stallMs: timeoutMs, events: metrics.fillEvents, log });
-  const metricsText = options.metricsText ? () => options.metricsText!(metrics) : () => metrics.registry.metrics();
-  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, options: opts, log });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.bindPort, opts.bindHost, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address() as AddressInfo;
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  let closing: Promise<void> | undefined;
-  return {
-    url: `http://${host}:${address.port}`,
-    server,
-    cache,
-    fills,
-    metrics,
-    close() {
-      closing ??= (async () => {
-        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        server.closeIdleConnections();
-        await fills.close();
-        // Responses still streaming get a moment to finish, then their connections go.
-        const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
-        await closed;
-        clearTimeout(deadline);
-        await source.close();
-        await cache.close();
-      })();
-      return closing;
-    },
-  };
-}
 
 /** Message a worker sends its primary for /metrics, and the answer. */
 const METRICS_REQUEST = 'image-cache:metrics?';
@@ -86,6 +16,7 @@ const METRICS_ANSWER = 'image-cache:metrics';
 export async function serve(config: ServeConfig, log: Logger = createLogger()): Promise<void> {
   const workers = config.server.workers;
   if (workers <= 1) {
+    const { startNode } = await import('./node.js');
     const node = await startNode(config, { log });
     announce(node.url, 1);
     await untilSignalled();
@@ -129,6 +60,7 @@ async function runPrimary(workers: number, log: Logger): Promise<void> {
 }
 
 async function runWorker(config: ServeConfig, log: Logger): Promise<void> {
+  const { startNode } = await import('./node.js');
   const node = await startNode(config, { log, metricsText: askPrimaryForMetrics });
   // Answer the primary's requests for this worker's metrics (it adds every worker's up).
   AggregatorRegistry.setRegistries(node.metrics.registry);

@@ -5,9 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { request } from 'undici';
 import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
-import { download, fetchAll, metric, startTestNode, until, type NodeUnderTest } from './helpers.js';
+import { download, fetchAll, metric, send, startTestNode, until, type NodeUnderTest } from './helpers.js';
 import type { ServerOptions } from '../../src/server/config.js';
 
 async function setUp(t: TestContext, server: Partial<ServerOptions> = {}): Promise<{ fake: FakeGlance } & NodeUnderTest> {
@@ -127,8 +126,8 @@ describe('fills: ranges', () => {
 /** A download whose body we stop reading and abort when we choose. */
 async function startDownload(url: string): Promise<{ abort(): void }> {
   const controller = new AbortController();
-  const pending = request(url, { signal: controller.signal }).then(
-    (response) => response.body.resume().on('error', () => {}),
+  const pending = send(url, { signal: controller.signal }).then(
+    (response) => response.resume().on('error', () => {}),
     () => undefined,
   );
   return {

@@ -8,10 +8,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
-import { request } from 'undici';
 import { importImage } from '../../src/sources/local-directory.js';
 import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
-import { fetchAll, startTestNode, until, type NodeUnderTest } from './helpers.js';
+import { fetchAll, send, startTestNode, until, type NodeUnderTest } from './helpers.js';
 
 async function setUp(t: TestContext): Promise<{ fake: FakeGlance } & NodeUnderTest> {
   const fake = await startFakeGlance();
@@ -54,8 +53,8 @@ describe('forwarding to the upstream', () => {
       await until(() => fake.uploadBytes(created.id) === half, 'the upstream to receive the first half');
       yield data.subarray(half);
     })());
-    const uploaded = await request(`${url}/v2/images/${created.id}/file`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body });
-    await uploaded.body.dump();
+    const uploaded = await send(`${url}/v2/images/${created.id}/file`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body });
+    uploaded.resume();
     assert.equal(uploaded.statusCode, 204);
     assert.equal(fake.uploadBytes(created.id), data.length);
 

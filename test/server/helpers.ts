@@ -5,10 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import type { TestContext } from 'node:test';
-import { request } from 'undici';
+import http from 'node:http';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { silentLogger } from '../../src/log.js';
 import { SERVE_DEFAULTS, type ServeConfig, type ServerOptions } from '../../src/server/config.js';
-import { startNode, type RunningNode } from '../../src/server/serve.js';
+import { startNode, type RunningNode } from '../../src/server/node.js';
 import type { ImageCacheOptions } from '../../src/config.js';
 import { makeTempDir, removeDir } from '../helpers.js';
 
@@ -39,12 +41,38 @@ export interface Fetched {
   body: Buffer;
 }
 
+export interface RequestOptions {
+  method?: string;
+  headers?: Record<string, string>;
+  /** A body, whole or streamed. */
+  body?: Buffer | string | Readable;
+  signal?: AbortSignal;
+}
+
+/**
+ * A request on a connection of its own (so that the requests of a test are
+ * spread over a cluster's workers as separate clients would be); resolves
+ * with the response once its headers are in.
+ */
+export function send(url: string, options: RequestOptions = {}): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: options.method ?? 'GET', headers: options.headers, agent: false, signal: options.signal });
+    req.once('response', resolve);
+    req.once('error', reject);
+    const body = options.body;
+    if (body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) req.end(body);
+    else pipeline(body, req).catch(reject);
+  });
+}
+
 /** A whole response. Rejects when the body is cut short (a reset, or fewer bytes than its Content-Length). */
-export async function fetchAll(url: string, options: { method?: string; headers?: Record<string, string>; body?: Buffer | string } = {}): Promise<Fetched> {
-  const response = await request(url, { method: (options.method ?? 'GET') as 'GET', headers: options.headers, body: options.body });
+export async function fetchAll(url: string, options: RequestOptions = {}): Promise<Fetched> {
+  const response = await send(url, options);
   const chunks: Buffer[] = [];
-  for await (const chunk of response.body) chunks.push(chunk as Buffer);
-  return { status: response.statusCode, headers: response.headers, body: Buffer.concat(chunks) };
+  for await (const chunk of response) chunks.push(chunk as Buffer);
+  // Node's client ends a body that stopped short of its Content-Length with 'aborted'; say so.
+  if (!response.complete) throw new Error(`the response to ${url} ended before its last byte`);
+  return { status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks) };
 }
 
 /** The outcome of a download that may fail: the body, or the error that cut it. */

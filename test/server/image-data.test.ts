@@ -159,6 +159,16 @@ describe('image data: only verified images are cached', () => {
     });
   }
 
+  it('verifies concurrent fills whether they get a hash thread or hash inline (more fills than threads)', async (t) => {
+    const { fake, url, node } = await setUp(t);
+    const good = await Promise.all([1, 2, 3].map((seed) => fake.addImage({ data: imageBytes(8 * 1024 * 1024, seed) })));
+    const bad = await Promise.all([4, 5, 6].map((seed) => fake.addImage({ data: imageBytes(8 * 1024 * 1024, seed), osHashValue: 'cd'.repeat(64) })));
+    const results = await Promise.all([...good, ...bad].map((image) => download(fileUrl(url, image.id))));
+    assert.deepEqual(results.map((r) => r.ok), [true, true, true, false, false, false]);
+    for (const image of good) assert.equal(await node.cache.isCached(image.id), true);
+    for (const image of bad) assert.equal(await node.cache.isCached(image.id), false);
+  });
+
   it('verifies the strongest hash given: sha512 right and md5 wrong caches', async (t) => {
     const { fake, url, node } = await setUp(t);
     const image = await fake.addImage({ data: imageBytes(4096), checksum: '0'.repeat(32) });

@@ -1,8 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Dispatcher } from 'undici';
 import type { ImageCache } from '../../cache/image-cache.js';
 import type { Logger } from '../../log.js';
-import type { Upstream } from '../../sources/glance.js';
+import { definedHeaders, type Upstream, type UpstreamResponse } from '../../sources/glance.js';
 import type { NodeMetrics } from '../metrics.js';
 import { endToEndHeaders, relay } from '../respond.js';
 
@@ -39,18 +38,18 @@ export function deleteImageRoute(upstream: Upstream, cache: ImageCache, metrics:
   };
 }
 
-function sendUpstream(upstream: Upstream, req: IncomingMessage): Promise<Dispatcher.ResponseData> {
+function sendUpstream(upstream: Upstream, req: IncomingMessage): Promise<UpstreamResponse> {
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
   return upstream.request({
-    method: req.method as Dispatcher.HttpMethod,
+    method: req.method ?? 'GET',
     path: req.url ?? '/',
     headers: endToEndHeaders(req.headers),
     body: hasBody ? req : undefined,
-    ...(hasBody ? { headersTimeout: 0 } : {}),
+    ...(hasBody ? { headersTimeoutMs: 0 } : {}),
   });
 }
 
-async function relayUpstream(res: ServerResponse, response: Dispatcher.ResponseData): Promise<void> {
-  await relay(res, { status: response.statusCode, headers: response.headers as Record<string, string | string[]>, body: response.body });
+async function relayUpstream(res: ServerResponse, response: UpstreamResponse): Promise<void> {
+  await relay(res, { status: response.statusCode, headers: definedHeaders(response.headers), body: response.body });
 }
 

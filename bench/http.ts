@@ -1,0 +1,765 @@
+/**
+ * HTTP benchmark of the cache node (`image-cache serve`) beside its peers, all
+ * on this machine in one run: Debian's Glance with its cache on, the same
+ * Glance with its cache off (the node's upstream), nginx serving the image
+ * file from disk with sendfile, and the bandwidth-limited fake Glance. The
+ * machines are shared and noisy, so what counts are the ratios between
+ * figures taken side by side; the absolute figures are printed for context.
+ *
+ *   (a) hits on a cached image: throughput and server CPU per GiB (node, node behind nginx with
+ *       X-Accel-Redirect, Glance's cache, nginx)
+ *   (b) the first download of an uncached image (node, Glance's own cache, the upstream directly)
+ *   (c) herds of concurrent first requests: wall time, every body compared with the image, the upstream's reads;
+ *       the same herd on nginx is the floor the clients themselves set on this machine
+ *   (d) the node's peak RSS during (c), with one client among them that reads nothing for a while
+ *
+ *   npm run bench:http
+ *   BENCH_HIT_SIZE=64MiB BENCH_HERD_SIZE=16MiB BENCH_IDLE_SECONDS=3 npm run bench:http   # quick
+ *
+ * Environment: BENCH_HIT_SIZE (default 1GiB, parts a and b), BENCH_HERD_SIZE (256MiB, parts c
+ * and d), BENCH_IDLE_SECONDS (60), BENCH_REPS (5, hits per server), BENCH_UPSTREAM_BPS (200e6,
+ * the fake upstream's bandwidth), TMPDIR. Prints a table, then the whole report as one JSON line.
+ */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { startFakeGlance, type FakeGlance } from '../test/support/fake-glance.js';
+import { download, type ClientResult, type ClientShare } from './http-clients.js';
+import { startFrontNginx, startStaticNginx } from '../test/support/nginx.js';
+import { glanceAvailable, startGlance, uploadImage, type GlancePeer } from '../test/support/glance-peer.js';
+
+const MiB = 1024 ** 2;
+const GiB = 1024 ** 3;
+const HERD_SIZES = [10, 50];
+const FAKE_HERD = 10;
+const RSS_SAMPLE_MS = 75;
+const START_TIMEOUT_MS = 60_000;
+const STOP_TIMEOUT_MS = 10_000;
+
+const config = {
+  hitSize: sizeFromEnv('BENCH_HIT_SIZE', GiB),
+  herdSize: sizeFromEnv('BENCH_HERD_SIZE', 256 * MiB),
+  idleSeconds: numberFromEnv('BENCH_IDLE_SECONDS', 60),
+  reps: numberFromEnv('BENCH_REPS', 5),
+  upstreamBytesPerSecond: numberFromEnv('BENCH_UPSTREAM_BPS', 200e6),
+};
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+
+// ---------------------------------------------------------------- report
+
+type Figure = number | string | null;
+const rows: Array<[part: string, subject: string, metric: string, value: Figure]> = [];
+const report: Record<string, Record<string, Figure>> = {};
+
+/** One figure, in the table and in the JSON line (as report[part][`${subject}.${metric}`]). */
+function record(part: string, subject: string, metric: string, value: Figure): void {
+  const rounded = typeof value === 'number' ? round(value) : value;
+  rows.push([part, subject, metric, rounded]);
+  (report[part] ??= {})[`${subject}.${metric}`] = rounded;
+  progress(`${part} ${subject} ${metric}: ${rounded}`);
+}
+
+/** a / b, or null when either side is missing (the node did not run, a peer failed). */
+function ratio(part: string, name: string, a: number | undefined, b: number | undefined): void {
+  record(part, 'ratio', name, a === undefined || b === undefined || b === 0 ? null : a / b);
+}
+
+let printed = false;
+
+/** The table, then the JSON line; once, whether the run ends, fails or is interrupted. */
+function printReport(): void {
+  if (printed) return;
+  printed = true;
+  const table = [['part', 'subject', 'metric', 'value'], ...rows];
+  const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => String(row[i]).length)));
+  for (const row of table) {
+    process.stdout.write(`${row.slice(0, 3).map((cell, i) => String(cell).padEnd(widths[i]!)).join('  ')}  ${row[3]}\n`);
+  }
+  process.stdout.write(`${JSON.stringify({ config, ...report })}\n`);
+}
+
+function progress(line: string): void {
+  process.stderr.write(`bench:http: ${line}\n`);
+}
+
+// ---------------------------------------------------------------- cleanup
+
+/** Undo steps, run last-in first-out once: at the end, on an error, on SIGINT/SIGTERM. */
+const cleanups: Array<() => Promise<void> | void> = [];
+let cleaning: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const step of cleanups.reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        progress(`cleanup: ${(err as Error).message}`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    progress(`${signal}: stopping the servers`);
+    void cleanup().then(() => {
+      printReport(); // what was measured until then
+      process.exit(130);
+    });
+  });
+}
+
+// ---------------------------------------------------------------- /proc
+
+interface ProcStat {
+  pid: number;
+  ppid: number;
+  pgrp: number;
+  ticks: number;
+}
+
+/** Every live process's parent, group and CPU ticks (utime + stime). */
+function allProcesses(): ProcStat[] {
+  const out: ProcStat[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = readProc(Number(entry), 'stat');
+    if (stat === undefined) continue;
+    // After the command name (which may hold spaces and parentheses), field 3 of stat(5) is index 0.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z') continue;
+    out.push({ pid: Number(entry), ppid: Number(fields[1]), pgrp: Number(fields[2]), ticks: Number(fields[11]) + Number(fields[12]) });
+  }
+  return out;
+}
+
+/** `root` and all its descendants. */
+function processTree(root: number): ProcStat[] {
+  const all = allProcesses();
+  const tree = all.filter((p) => p.pid === root);
+  for (let i = 0; i < tree.length; i++) tree.push(...all.filter((p) => p.ppid === tree[i]!.pid));
+  return tree;
+}
+
+function processGroup(pgid: number): number[] {
+  return allProcesses().filter((p) => p.pgrp === pgid).map((p) => p.pid);
+}
+
+function readProc(pid: number, file: string): string | undefined {
+  try {
+    return fs.readFileSync(`/proc/${pid}/${file}`, 'utf8');
+  } catch {
+    return undefined; // exited while we looked
+  }
+}
+
+/** CPU seconds (user + system) used so far by the live processes of a server. */
+function cpuSeconds(server: Server): number {
+  const pids = new Set(server.pids());
+  return allProcesses().filter((p) => pids.has(p.pid)).reduce((sum, p) => sum + p.ticks, 0) / CLK_TCK;
+}
+
+/** A number field (`name: value ...`) of /proc/PID/status or /proc/PID/io, summed over processes. */
+function procField(pids: number[], file: 'status' | 'io', name: string): number {
+  let sum = 0;
+  for (const pid of pids) {
+    const match = readProc(pid, file)?.match(new RegExp(`^${name}:\\s*(\\d+)`, 'm'));
+    if (match) sum += Number(match[1]);
+  }
+  return sum;
+}
+
+/** Bytes the server's processes have read so far (rchar: files, and sockets too; requests are small). */
+const bytesRead = (server: Server): number => procField(server.pids(), 'io', 'rchar');
+const rssBytes = (server: Server): number => procField(server.pids(), 'status', 'VmRSS') * 1024;
+
+/** Starts sampling a server's RSS (summed over its processes); the function returned stops it and gives the peak. */
+function rssPeak(server: Server): () => number {
+  let peak = rssBytes(server);
+  const timer = setInterval(() => (peak = Math.max(peak, rssBytes(server))), RSS_SAMPLE_MS);
+  return () => {
+    clearInterval(timer);
+    return Math.max(peak, rssBytes(server));
+  };
+}
+
+// ---------------------------------------------------------------- servers
+
+interface Server {
+  name: string;
+  url: string;
+  pids(): number[];
+}
+
+/** A child in its own process group (so that its workers go with it), stopped by SIGTERM, killed if this process exits first. */
+class Spawned implements Server {
+  private exited: Promise<void>;
+  exitReason: string | undefined;
+
+  constructor(readonly name: string, readonly child: ChildProcess, readonly logFile: string, public url = '') {
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+      this.exitReason = `exited (${signal ?? `code ${code}`})`;
+      resolve();
+    }));
+    spawnedGroups.add(child.pid!);
+  }
+
+  pids(): number[] {
+    return processTree(this.child.pid!).map((p) => p.pid);
+  }
+
+  async stop(): Promise<void> {
+    const pgid = this.child.pid!;
+    if (this.exitReason === undefined) {
+      this.child.kill('SIGTERM');
+      await Promise.race([this.exited, sleep(STOP_TIMEOUT_MS)]);
+    }
+    // Workers that outlive their primary are still in its group: given a moment, then killed.
+    const deadline = Date.now() + STOP_TIMEOUT_MS;
+    while (processGroup(pgid).length > 0 && Date.now() < deadline) await sleep(50);
+    signalGroup(pgid, 'SIGKILL');
+    spawnedGroups.delete(pgid);
+  }
+
+  logTail(lines = 20): string {
+    return fs.existsSync(this.logFile) ? fs.readFileSync(this.logFile, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '';
+  }
+
+  failure(what: string): Error {
+    return new Error(`${this.name} ${what}; ${this.logFile}:\n${this.logTail()}`);
+  }
+}
+
+const spawnedGroups = new Set<number>();
+process.on('exit', () => {
+  for (const pgid of spawnedGroups) signalGroup(pgid, 'SIGKILL');
+});
+
+function spawnServer(name: string, command: string, args: string[], logFile: string): Spawned {
+  const log = fs.openSync(logFile, 'a');
+  const child = spawn(command, args, { detached: true, stdio: ['ignore', 'pipe', log] });
+  fs.closeSync(log);
+  if (child.pid === undefined) throw new Error(`${name}: ${command} could not be spawned`);
+  const server = new Spawned(name, child, logFile);
+  cleanups.push(() => server.stop());
+  return server;
+}
+
+/** Resolves once the child has written a stdout line that `pattern` matches (its first group); rejects on exit or deadline. */
+function waitForLine(server: Spawned, pattern: RegExp): Promise<string> {
+  const stdout = server.child.stdout!;
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    const timer = setTimeout(() => finish(server.failure(`wrote no line matching ${pattern} within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+    const onData = (chunk: Buffer): void => {
+      seen += chunk.toString();
+      const match = seen.match(pattern);
+      if (match) finish(undefined, match[1]);
+    };
+    const onExit = (): void => finish(server.failure(`exited before it was ready${seen ? ` (stdout: ${seen.trim()})` : ''}`));
+    const finish = (err?: Error, value?: string): void => {
+      clearTimeout(timer);
+      stdout.off('data', onData);
+      server.child.off('exit', onExit);
+      stdout.resume(); // keep draining, so that a full pipe never blocks it
+      if (err) reject(err);
+      else resolve(value!);
+    };
+    stdout.on('data', onData);
+    server.child.once('exit', onExit);
+  });
+}
+
+interface NodeServer extends Server {
+  cacheDir: string;
+  stop(): Promise<void>;
+}
+
+/** The cache node, from the build this script belongs to, in front of `upstreamUrl` (`extra`: more lines of its [DEFAULT]). */
+async function startNode(root: string, name: string, upstreamUrl: string, workers: number, extra: string[] = []): Promise<NodeServer> {
+  const dir = mkdir(root, name);
+  const cacheDir = path.join(dir, 'cache');
+  const conf = path.join(dir, 'node.conf');
+  // Everything this run caches fits, so that no prune runs in the middle of a measurement.
+  const maxSize = 4 * config.hitSize + 8 * config.herdSize;
+  fs.writeFileSync(conf, `[DEFAULT]
+bind_host = 127.0.0.1
+bind_port = 0
+image_cache_dir = ${cacheDir}
+image_cache_driver = sqlite
+image_cache_max_size = ${maxSize}
+upstream_url = ${upstreamUrl}
+workers = ${workers}
+${extra.join('\n')}
+`);
+  const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+  const server = spawnServer(name, process.execPath, [cli, 'serve', '--config-file', conf], path.join(dir, 'node.log'));
+  server.url = await waitForLine(server, /serving on (http:\/\/\S+)/);
+  return Object.assign(server, { cacheDir });
+}
+
+async function startGlancePeer(name: string, cache: 'on' | 'off'): Promise<GlancePeer & Server> {
+  const peer = await startGlance({ cache });
+  cleanups.push(() => peer.stop());
+  return Object.assign(peer, { name });
+}
+
+/** nginx serving the images' directory with sendfile (one process, as the node and Glance run one worker here). */
+async function startNginx(dir: string): Promise<Server> {
+  const peer = await startStaticNginx(dir);
+  cleanups.push(() => peer.stop());
+  return { name: 'nginx', url: peer.url, pids: () => processTree(peer.pid).map((p) => p.pid) };
+}
+
+/** The node with nginx in front: the node authorizes, nginx sends hits with sendfile (X-Accel-Redirect); the CPU of both counts. */
+async function startFrontedNode(root: string, upstreamUrl: string): Promise<Server> {
+  const node = await startNode(root, 'node_behind_nginx_internal', upstreamUrl, 1, ['x_accel_redirect = /_image_cache/']);
+  const front = await startFrontNginx(node.url, node.cacheDir);
+  cleanups.push(() => front.stop());
+  const nodePids = node.pids.bind(node);
+  return { name: 'node_behind_nginx', url: front.url, pids: () => [...nodePids(), ...processTree(front.pid).map((p) => p.pid)] };
+}
+
+async function startFake(bytesPerSecond: number): Promise<FakeGlance> {
+  const fake = await startFakeGlance({ bytesPerSecond });
+  cleanups.push(() => fake.close());
+  return fake;
+}
+
+// ---------------------------------------------------------------- clients
+
+/** A herd's clients, spread over one worker thread per core; resolves when every body has been read and compared with `image`. */
+async function runClients(url: string, n: number, image: string): Promise<{ seconds: number; results: ClientResult[] }> {
+  const threads = Math.min(n, os.availableParallelism());
+  const workers = Array.from({ length: threads }, (_, i) => {
+    const share: ClientShare = { url, image, count: Math.floor(((i + 1) * n) / threads) - Math.floor((i * n) / threads) };
+    return new Worker(new URL('./http-clients.js', import.meta.url), { workerData: share });
+  });
+  try {
+    await Promise.all(workers.map((worker) => nextMessage(worker)));
+    const started = performance.now();
+    for (const worker of workers) worker.postMessage('go');
+    const shares = await Promise.all(workers.map((worker) => nextMessage(worker) as Promise<ClientResult[]>));
+    return { seconds: (performance.now() - started) / 1000, results: shares.flat() };
+  } finally {
+    await Promise.all(workers.map((worker) => worker.terminate()));
+  }
+}
+
+function nextMessage(worker: Worker): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+}
+
+interface CurlResult {
+  bytesPerSecond: number;
+  cpuSeconds: number;
+}
+
+/** One curl download to /dev/null, and the CPU seconds `server` spent meanwhile. */
+async function curl(url: string, size: number, server: Server): Promise<CurlResult> {
+  const before = cpuSeconds(server);
+  const out = await run('curl', ['-sS', '-o', '/dev/null', '-H', 'X-Auth-Token: x', '-w', '%{http_code} %{size_download} %{speed_download}', url]);
+  const cpu = cpuSeconds(server) - before;
+  const [status, bytes, speed] = out.trim().split(' ').map(Number);
+  if (status !== 200 || bytes !== size) throw new Error(`GET ${url}: status ${status}, ${bytes} bytes of ${size}`);
+  return { bytesPerSecond: speed!, cpuSeconds: cpu };
+}
+
+interface Image {
+  id: string;
+  sha512: string;
+}
+
+/** Uploads `file` to a Glance and takes its sha512 from Glance's own os_hash_value. */
+async function upload(glance: Server, file: string, name: string): Promise<Image> {
+  const id = await uploadImage(glance.url, file, name);
+  const doc = JSON.parse(await run('curl', ['-sSf', '-H', 'X-Auth-Token: x', `${glance.url}/v2/images/${id}`])) as { os_hash_value: string };
+  return { id, sha512: doc.os_hash_value };
+}
+
+const fileUrl = (server: Server, id: string): string => `${server.url}/v2/images/${id}/file`;
+
+// ---------------------------------------------------------------- data
+
+/** `size` random bytes in a file (Glance's os_hash_value of the upload is the reference hash). */
+async function randomFile(file: string, size: number): Promise<void> {
+  await pipeline(async function* () {
+    for (let done = 0; done < size; done += 8 * MiB) yield randomBytes(Math.min(8 * MiB, size - done));
+  }, fs.createWriteStream(file));
+}
+
+async function sha512OfFile(file: string): Promise<string> {
+  const hash = createHash('sha512');
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: 4 * MiB })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Waits for a cache to publish an image's file (it may do so just after the response's last byte). */
+async function cachedFile(dir: string, id: string): Promise<string> {
+  const file = path.join(dir, id);
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (!fs.existsSync(file)) {
+    if (Date.now() > deadline) throw new Error(`${file} did not appear within ${START_TIMEOUT_MS} ms`);
+    await sleep(50);
+  }
+  return file;
+}
+
+// ---------------------------------------------------------------- (a) hits
+
+interface HitTarget {
+  server: Server;
+  url: string;
+}
+
+/** Repetitions interleaved across the servers, so that each sees the same weather; median throughput, CPU per GiB. */
+async function hits(targets: HitTarget[], size: number): Promise<Map<string, { mbps: number; cpuPerGiB: number }>> {
+  const speeds = new Map<string, number[]>(targets.map((t) => [t.server.name, []]));
+  const cpu = new Map<string, number>(targets.map((t) => [t.server.name, 0]));
+  for (let rep = 0; rep < config.reps; rep++) {
+    for (const { server, url } of targets) {
+      const result = await curl(url, size, server);
+      speeds.get(server.name)!.push(result.bytesPerSecond);
+      cpu.set(server.name, cpu.get(server.name)! + result.cpuSeconds);
+    }
+  }
+  const gib = (config.reps * size) / GiB;
+  return new Map(targets.map((t) => [t.server.name, { mbps: median(speeds.get(t.server.name)!) / 1e6, cpuPerGiB: cpu.get(t.server.name)! / gib }]));
+}
+
+async function partHits(ctx: Context): Promise<void> {
+  progress('(a) hits: uploading and caching the image');
+  const [onImage, offImage] = await Promise.all([upload(ctx.glanceOn, ctx.hitFile, 'hit'), upload(ctx.glanceOff, ctx.hitFile, 'hit')]);
+  // Glance's cache and the node's are each filled by one download.
+  await curl(fileUrl(ctx.glanceOn, onImage.id), config.hitSize, ctx.glanceOn);
+  await cachedFile(path.join(ctx.glanceOn.root, 'cache'), onImage.id);
+  const targets: HitTarget[] = [
+    { server: ctx.glanceOn, url: fileUrl(ctx.glanceOn, onImage.id) },
+    { server: ctx.nginx, url: staticUrl(ctx, ctx.hitFile) },
+  ];
+  if (ctx.node) {
+    await curl(fileUrl(ctx.node, offImage.id), config.hitSize, ctx.node);
+    await cachedFile(ctx.node.cacheDir, offImage.id);
+    targets.unshift({ server: ctx.node, url: fileUrl(ctx.node, offImage.id) });
+  }
+  if (ctx.frontedNode) {
+    await curl(fileUrl(ctx.frontedNode, offImage.id), config.hitSize, ctx.frontedNode);
+    targets.push({ server: ctx.frontedNode, url: fileUrl(ctx.frontedNode, offImage.id) });
+  }
+  const upstreamCpu = cpuSeconds(ctx.glanceOff);
+  const results = await hits(targets, config.hitSize);
+  for (const [name, { mbps, cpuPerGiB }] of results) {
+    record('a_hits', name, 'MB_per_s_median', mbps);
+    record('a_hits', name, 'cpu_s_per_GiB', cpuPerGiB);
+  }
+  // A hit through the node may still ask the upstream about the image: its CPU, per GiB the node served.
+  if (ctx.node) record('a_hits', 'upstream_during_node_hits', 'cpu_s_per_GiB', (cpuSeconds(ctx.glanceOff) - upstreamCpu) / ((config.reps * config.hitSize) / GiB));
+  const node = results.get('node');
+  const glance = results.get('glance_cache_on')!;
+  const nginx = results.get('nginx')!;
+  ratio('a_hits', 'node_over_glance_throughput', node?.mbps, glance.mbps);
+  ratio('a_hits', 'node_over_nginx_throughput', node?.mbps, nginx.mbps);
+  ratio('a_hits', 'node_over_glance_cpu_per_GiB', node?.cpuPerGiB, glance.cpuPerGiB);
+  const fronted = results.get('node_behind_nginx');
+  ratio('a_hits', 'node_behind_nginx_over_nginx_throughput', fronted?.mbps, nginx.mbps);
+  ratio('a_hits', 'node_behind_nginx_over_glance_cpu_per_GiB', fronted?.cpuPerGiB, glance.cpuPerGiB);
+}
+
+// ---------------------------------------------------------------- (b) first download
+
+async function partFirst(ctx: Context): Promise<void> {
+  progress('(b) first download: uploading');
+  const [onImage, offImage] = await Promise.all([upload(ctx.glanceOn, ctx.hitFile, 'first'), upload(ctx.glanceOff, ctx.hitFile, 'first')]);
+  const first = async (subject: string, server: Server, id: string): Promise<number> => {
+    const result = await curl(fileUrl(server, id), config.hitSize, server);
+    record('b_first', subject, 'MB_per_s', result.bytesPerSecond / 1e6);
+    record('b_first', subject, 'cpu_s_per_GiB', result.cpuSeconds / (config.hitSize / GiB));
+    return result.bytesPerSecond;
+  };
+  // The upstream has no cache: every download of it is a first one, and it leaves offImage uncached for the node.
+  const direct = await first('upstream_direct', ctx.glanceOff, offImage.id);
+  let node: number | undefined;
+  if (ctx.node) {
+    node = await first('node', ctx.node, offImage.id);
+    const cached = await sha512OfFile(await cachedFile(ctx.node.cacheDir, offImage.id));
+    record('b_first', 'node', 'cached_file_sha512_ok', String(cached === offImage.sha512));
+  }
+  const glance = await first('glance_cache_on', ctx.glanceOn, onImage.id);
+  ratio('b_first', 'node_over_direct_throughput', node, direct);
+  ratio('b_first', 'node_over_glance_first_throughput', node, glance);
+  // What a verified, cached first download cannot avoid on this machine: hashing the image and
+  // writing it to the cache's file system (each on one core; the node does them on two threads).
+  const hashRate = await timed(() => sha512OfFile(ctx.hitFile), config.hitSize);
+  const writeRate = await timed(() => writeCopy(ctx.hitFile, path.join(ctx.root, 'write-floor.img')), config.hitSize);
+  record('b_first', 'floor', 'sha512_MB_per_s', hashRate / 1e6);
+  record('b_first', 'floor', 'cache_write_MB_per_s', writeRate / 1e6);
+  ratio('b_first', 'node_over_sha512_floor_throughput', node, hashRate);
+}
+
+/** Bytes per second of `fn` over `bytes`. */
+async function timed(fn: () => Promise<unknown>, bytes: number): Promise<number> {
+  const started = performance.now();
+  await fn();
+  return bytes / ((performance.now() - started) / 1000);
+}
+
+/** Copies a file by reading it and writing it (as a cache fill writes), then removes the copy. */
+async function writeCopy(from: string, to: string): Promise<void> {
+  const out = fs.openSync(to, 'w');
+  try {
+    for await (const chunk of fs.createReadStream(from, { highWaterMark: MiB })) fs.writeSync(out, chunk as Buffer);
+  } finally {
+    fs.closeSync(out);
+    fs.rmSync(to, { force: true });
+  }
+}
+
+// ---------------------------------------------------------------- (c, d) herds
+
+interface HerdResult {
+  seconds: number;
+  ok: number;
+  failures: string[];
+}
+
+/**
+ * `n` concurrent first requests for one image (the file `image`), every body
+ * compared with it; with `idle`, one more client, sent first, that reads
+ * nothing for that long (not counted in the wall time, but waited for and checked).
+ */
+async function herd(url: string, n: number, image: string, idleMs?: number): Promise<HerdResult & { idle?: string }> {
+  const check = (body: ClientResult): string => {
+    if ('error' in body) return body.error;
+    if (body.status !== 200) return `status ${body.status}`;
+    return body.identical ? 'ok' : `body differs from the image (${body.bytes} bytes)`;
+  };
+  const stalled = idleMs === undefined ? undefined : download(url, fs.readFileSync(image), idleMs).then(check, (err: Error) => err.message);
+  const { seconds, results } = await runClients(url, n, image);
+  const failures = results.map(check).filter((r) => r !== 'ok');
+  return { seconds, ok: n - failures.length, failures, ...(stalled ? { idle: await stalled } : {}) };
+}
+
+function recordHerd(part: string, subject: string, result: HerdResult & { idle?: string }, n: number): void {
+  record(part, subject, 'seconds', result.seconds);
+  record(part, subject, 'bodies_identical', `${result.ok}/${n}`);
+  if (result.failures.length > 0) record(part, subject, 'first_failure', result.failures[0]!);
+  if (result.idle !== undefined) record(part, subject, 'idle_client', result.idle);
+}
+
+/** A node herd with its stalled client, the node's peak RSS sampled throughout. */
+async function nodeHerd(part: string, subject: string, node: Server, id: string, n: number, image: string): Promise<HerdResult> {
+  record(part, subject, 'rss_before_MiB', rssBytes(node) / MiB);
+  const peak = rssPeak(node);
+  const result = await herd(fileUrl(node, id), n, image, config.idleSeconds * 1000);
+  record(part, subject, 'peak_rss_MiB', peak() / MiB);
+  recordHerd(part, subject, result, n);
+  return result;
+}
+
+/** Herds on Glance (cache off) through the node and on Glance's own cache, with the reads each caused of the image. */
+async function partHerd(ctx: Context, n: number): Promise<void> {
+  const part = `c_herd_${n}`;
+  progress(`(c) herd of ${n}: uploading`);
+  const [onImage, offImage] = await Promise.all([upload(ctx.glanceOn, ctx.herdFile, part), upload(ctx.glanceOff, ctx.herdFile, part)]);
+  let nodeSeconds: number | undefined;
+  if (ctx.node) {
+    const before = bytesRead(ctx.glanceOff);
+    nodeSeconds = (await nodeHerd(part, 'node', ctx.node, offImage.id, n, ctx.herdFile)).seconds;
+    record(part, 'node', 'upstream_reads_rchar', (bytesRead(ctx.glanceOff) - before) / config.herdSize);
+    record(part, 'node', 'upstream_file_GETs_logged', countFileGets(ctx.glanceOff, offImage.id));
+  }
+  const before = bytesRead(ctx.glanceOn);
+  const glance = await herd(fileUrl(ctx.glanceOn, onImage.id), n, ctx.herdFile);
+  recordHerd(part, 'glance_cache_on', glance, n);
+  // Its store and its cache file alike: any read of the image by its processes.
+  record(part, 'glance_cache_on', 'image_reads_rchar', (bytesRead(ctx.glanceOn) - before) / config.herdSize);
+  ratio(part, 'node_over_glance_seconds', nodeSeconds, glance.seconds);
+  const floor = await staticHerd(ctx, part, n);
+  ratio(part, 'node_over_nginx_seconds', nodeSeconds, floor);
+}
+
+/**
+ * The same herd on nginx serving the file from disk: the floor of this
+ * machine, where the clients' own work (receiving and hashing every body,
+ * on the cores the server runs on) may be most of the time.
+ */
+async function staticHerd(ctx: Context, part: string, n: number): Promise<number> {
+  const result = await herd(staticUrl(ctx, ctx.herdFile), n, ctx.herdFile);
+  recordHerd(part, 'nginx_static', result, n);
+  return result.seconds;
+}
+
+const staticUrl = (ctx: Context, file: string): string => `${ctx.nginx.url}/${path.basename(file)}`;
+
+/** Access lines of file downloads of `id` in a Glance's log (eventlet writes one per request served). */
+function countFileGets(glance: GlancePeer, id: string): number {
+  const needle = `"GET /v2/images/${id}/file `;
+  return fs.readFileSync(glance.log, 'utf8').split('\n').filter((line) => line.includes(needle)).length;
+}
+
+/** The fake upstream at a fixed bandwidth: FAKE_HERD clients straight from it, then through a node of 1 and of 2 workers. */
+async function partFakeUpstream(ctx: Context): Promise<void> {
+  const part = 'c_limited_upstream';
+  progress(`(c) herd of ${FAKE_HERD} on an upstream limited to ${config.upstreamBytesPerSecond} B/s`);
+  const fake = await startFake(config.upstreamBytesPerSecond);
+  const direct = await fake.addImage({ data: { file: ctx.herdFile } });
+  const directResult = await herd(`${fake.url}/v2/images/${direct.id}/file`, FAKE_HERD, ctx.herdFile);
+  recordHerd(part, 'direct', directResult, FAKE_HERD);
+  record(part, 'direct', 'upstream_file_requests', fake.fileRequests(direct.id));
+  // The best ratio a node can reach here: its upstream fetch taking no time at all.
+  ratio(part, 'nginx_static_over_direct_seconds', await staticHerd(ctx, part, FAKE_HERD), directResult.seconds);
+  for (const workers of [1, 2]) {
+    const subject = `node_workers_${workers}`;
+    const node = await optionalNode(ctx.root, subject, fake.url, workers);
+    if (node === undefined) {
+      ratio(part, `${subject}_over_direct_seconds`, undefined, directResult.seconds);
+      continue;
+    }
+    const image = await fake.addImage({ data: { file: ctx.herdFile } });
+    const result = await nodeHerd(part, subject, node, image.id, FAKE_HERD, ctx.herdFile);
+    record(part, subject, 'upstream_file_requests', fake.fileRequests(image.id));
+    ratio(part, `${subject}_over_direct_seconds`, result.seconds, directResult.seconds);
+    await node.stop();
+  }
+}
+
+// ---------------------------------------------------------------- main
+
+interface Context {
+  root: string;
+  hitFile: string;
+  herdFile: string;
+  glanceOn: GlancePeer & Server;
+  glanceOff: GlancePeer & Server;
+  nginx: Server;
+  node: NodeServer | undefined;
+  frontedNode: Server | undefined;
+}
+
+/** A node, or undefined (with the reason recorded) when it cannot run yet: the peers are measured all the same. */
+async function optionalNode(root: string, name: string, upstreamUrl: string, workers: number): Promise<NodeServer | undefined> {
+  try {
+    return await startNode(root, name, upstreamUrl, workers);
+  } catch (err) {
+    record('nodes', name, 'error', (err as Error).message.split('\n').slice(0, 6).join(' | '));
+    return undefined;
+  }
+}
+
+async function setUp(): Promise<Context> {
+  if (!glanceAvailable()) throw new Error("Debian's glance-api and glance-manage are not on PATH (apt-get install glance-api python3-glanceclient)");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'image-cache-bench-http-'));
+  cleanups.push(() => fs.rmSync(root, { recursive: true, force: true }));
+  const data = mkdir(root, 'data');
+  const hitFile = path.join(data, 'hit.img');
+  const herdFile = path.join(data, 'herd.img');
+  progress('writing the images and starting the peers');
+  await Promise.all([randomFile(hitFile, config.hitSize), randomFile(herdFile, config.herdSize)]);
+  const [glanceOn, glanceOff, nginx] = await Promise.all([
+    startGlancePeer('glance_cache_on', 'on'),
+    startGlancePeer('upstream_glance_cache_off', 'off'),
+    startNginx(data),
+  ]);
+  const node = await optionalNode(root, 'node', glanceOff.url, 1);
+  let frontedNode: Server | undefined;
+  try {
+    frontedNode = await startFrontedNode(root, glanceOff.url);
+  } catch (err) {
+    record('nodes', 'node_behind_nginx', 'error', (err as Error).message.split('\n').slice(0, 6).join(' | '));
+  }
+  return { root, hitFile, herdFile, glanceOn, glanceOff, nginx, node, frontedNode };
+}
+
+async function main(): Promise<void> {
+  try {
+    const ctx = await setUp();
+    await attempt('a_hits', () => partHits(ctx));
+    await attempt('b_first', () => partFirst(ctx));
+    for (const n of HERD_SIZES) await attempt(`c_herd_${n}`, () => partHerd(ctx, n));
+    await attempt('c_limited_upstream', () => partFakeUpstream(ctx));
+  } finally {
+    await cleanup();
+    printReport();
+  }
+}
+
+/** Runs one part; a failure is recorded (and fails the run) without keeping the other parts from running. */
+async function attempt(part: string, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    record(part, 'part', 'error', (err as Error).message.split('\n').slice(0, 6).join(' | '));
+    process.exitCode = 1;
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+function run(command: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { maxBuffer: 16 * MiB }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${command} ${args.join(' ')}: ${stderr.trim() || err.message}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+function mkdir(parent: string, name: string): string {
+  const dir = path.join(parent, name);
+  fs.mkdirSync(dir);
+  return dir;
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    // ESRCH: the group is gone already
+  }
+}
+
+/** Bytes from e.g. `1073741824`, `256MiB`, `1GiB`, `64M`. */
+function sizeFromEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const match = raw.trim().match(/^(\d+)\s*([kmg]?)(i?b)?$/i);
+  if (!match) throw new Error(`${name}=${raw}: expected bytes, optionally with KiB, MiB or GiB`);
+  return Number(match[1]) * 1024 ** ' kmg'.indexOf((match[2] || ' ').toLowerCase());
+}
+
+function numberFromEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < 0) throw new Error(`${name}=${raw}: expected a non-negative number`);
+  return value;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function round(x: number): number {
+  return Number(x.toPrecision(4));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+}
+
+main().catch((err: Error) => {
+  progress(`failed: ${err.stack ?? err.message}`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,73 @@
+import type { AddressInfo } from 'node:net';
+import type http from 'node:http';
+import { Fills } from '../cache/fills.js';
+import { ImageCache } from '../cache/image-cache.js';
+import { createLogger, type Logger } from '../log.js';
+import { GlanceSource, Upstream } from '../sources/glance.js';
+import { LocalDirectorySource } from '../sources/local-directory.js';
+import type { ImageSource } from '../sources/source.js';
+import { createServer } from './app.js';
+import type { ServeConfig } from './config.js';
+import { NodeMetrics } from './metrics.js';
+
+/** A node serving in this process. */
+export interface RunningNode {
+  readonly url: string;
+  readonly server: http.Server;
+  readonly cache: ImageCache;
+  readonly fills: Fills;
+  readonly metrics: NodeMetrics;
+  /** Stops accepting, aborts fills in flight, waits for responses, closes the cache. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the node in this process: the cache, the image source (the upstream
+ * Glance if upstream_url is set, else the local image directory), the fills
+ * and the HTTP server on bind_host:bind_port (the workers of a cluster all
+ * listen on it: node:cluster shares the port through the primary).
+ */
+export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
+  const log = options.log ?? createLogger();
+  const { server: opts } = config;
+  const cache = await ImageCache.create({ ...config.cache, logger: log });
+  const timeoutMs = opts.upstreamTimeout * 1000;
+  const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
+  const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
+  const metrics = new NodeMetrics(cache);
+  const fills = new Fills(cache, source, { stallMs: timeoutMs, events: metrics.fillEvents, log });
+  const metricsText = options.metricsText ? () => options.metricsText!(metrics) : () => metrics.registry.metrics();
+  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, options: opts, log });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.bindPort, opts.bindHost, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${host}:${address.port}`,
+    server,
+    cache,
+    fills,
+    metrics,
+    close() {
+      closing ??= (async () => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        await fills.close();
+        // Responses still streaming get a moment to finish, then their connections go.
+        const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
+        await closed;
+        clearTimeout(deadline);
+        await source.close();
+        await cache.close();
+      })();
+      return closing;
+    },
+  };
+}
+
