@@ -11,7 +11,7 @@ import type { FillProgress } from '../cache/fill-progress.js';
  */
 const MIN_CHUNK = 256 * 1024;
 const MAX_CHUNK = 2 * 1024 * 1024;
-const BUFFER_BUDGET = 16 * 1024 * 1024;
+const BUFFER_BUDGET = 8 * 1024 * 1024;
 /**
  * Bytes sent back to back before the loop waits one turn of the event loop:
  * a socket that takes every write at once (a fast client on loopback) would
@@ -19,7 +19,7 @@ const BUFFER_BUDGET = 16 * 1024 * 1024;
  */
 const YIELD_EVERY_BYTES = 8 * 1024 * 1024;
 /** Idle buffers kept for the next responses, in bytes; the rest are left to the GC. */
-const MAX_IDLE_BYTES = 8 * 1024 * 1024;
+const MAX_IDLE_BYTES = 4 * 1024 * 1024;
 
 /** Responses sending now. */
 let sending = 0;
@@ -34,12 +34,17 @@ let sending = 0;
 const idle = new Map<number, Buffer[]>();
 let idleBytes = 0;
 
+/** A buffer of the size the load calls for: an idle one of that size, else any idle one no larger, else a new one. */
 function takeBuffer(): Buffer {
   const size = Math.max(MIN_CHUNK, Math.min(MAX_CHUNK, 2 ** Math.floor(Math.log2(BUFFER_BUDGET / Math.max(1, sending)))));
-  const buffer = idle.get(size)?.pop();
-  if (buffer === undefined) return Buffer.allocUnsafeSlow(size);
-  idleBytes -= size;
-  return buffer;
+  for (let candidate = size; candidate >= MIN_CHUNK; candidate /= 2) {
+    const buffer = idle.get(candidate)?.pop();
+    if (buffer !== undefined) {
+      idleBytes -= candidate;
+      return buffer;
+    }
+  }
+  return Buffer.allocUnsafeSlow(size);
 }
 
 function giveBack(buffer: Buffer): void {

@@ -59,17 +59,7 @@ export function imageDataRoute(deps: ImageDataDeps) {
     for (let turn = 0; turn < MAX_TURNS; turn++) {
       const hit = await openHit(image, range);
       if (hit !== undefined) {
-        notes.cache = 'hit';
-        if (deps.xAccelRedirect !== undefined) {
-          redirectToFront(res, image, hit, deps.xAccelRedirect);
-          return;
-        }
-        res.writeHead(range ? 206 : 200, dataHeaders(image, hit.start, hit.end, hit.fileSize, range !== undefined));
-        try {
-          metrics.served('hit', await sendFile(res, hit));
-        } finally {
-          hit.close();
-        }
+        await serveHit(res, notes, image, hit, range !== undefined);
         return;
       }
       if (size === null) break;
@@ -108,6 +98,21 @@ export function imageDataRoute(deps: ImageDataDeps) {
     await cache.deleteCachedImage(image.id);
     metrics.evicted('stale');
     return undefined;
+  }
+
+  /** The hot path: the cached file (or range) from disk, or handed to the nginx in front. */
+  async function serveHit(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, hit: OpenImageFile, partial: boolean): Promise<void> {
+    notes.cache = 'hit';
+    if (deps.xAccelRedirect !== undefined) {
+      redirectToFront(res, image, hit, deps.xAccelRedirect);
+      return;
+    }
+    res.writeHead(partial ? 206 : 200, dataHeaders(image, hit.start, hit.end, hit.fileSize, partial));
+    try {
+      metrics.served('hit', await sendFile(res, hit));
+    } finally {
+      hit.close();
+    }
   }
 
   /**
