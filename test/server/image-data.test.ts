@@ -56,6 +56,30 @@ describe('image data: hit and miss', () => {
   });
 });
 
+describe('image data: what is not cached', () => {
+  it('serves an image larger than the whole cache straight from the upstream, every time', async (t) => {
+    const fake = await startFakeGlance();
+    t.after(() => fake.close());
+    const { url, node } = await startTestNode(t, { upstreamUrl: fake.url }, { imageCacheMaxSize: 1000 });
+    const data = imageBytes(4096);
+    const image = await fake.addImage({ data });
+    for (let i = 0; i < 2; i++) assert.ok((await fetchAll(fileUrl(url, image.id))).body.equals(data));
+    assert.equal(await node.cache.isCached(image.id), false);
+    assert.equal(fake.fileRequests(image.id), 2);
+    assert.equal(await metric(url, 'image_cache_bypass_responses_total'), 2);
+  });
+
+  it('serves an image whose ID cannot name a cache file from the upstream, and caches nothing', async (t) => {
+    const { fake, url, dir } = await setUp(t);
+    const data = imageBytes(4096);
+    const image = await fake.addImage({ id: 'name with spaces', data });
+    const response = await fetchAll(fileUrl(url, encodeURIComponent(image.id)));
+    assert.equal(response.status, 200);
+    assert.ok(response.body.equals(data));
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'cache')).filter((name) => !['incomplete', 'invalid', 'queue', 'cache.db', 'cache.db-wal', 'cache.db-shm'].includes(name)), []);
+  });
+});
+
 describe('image data: what the upstream refuses is refused', () => {
   for (const code of [401, 403, 404, 500]) {
     it(`passes the upstream's ${code} through with its body, and never serves the cached copy`, async (t) => {
