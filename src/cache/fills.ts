@@ -59,11 +59,6 @@ export class Fills {
     private readonly options: FillsOptions,
   ) {}
 
-  /** Fills running in this process. */
-  get size(): number {
-    return this.inFlight.size;
-  }
-
   /**
    * The bytes [start, end] of an image that is not cached: from the fill in
    * flight (here or in another process), or from a new one that this call

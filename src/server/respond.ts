@@ -7,6 +7,8 @@ import type { SourceAnswer, SourceResponse } from '../sources/source.js';
 export interface RequestNotes {
   imageId?: string;
   cache?: 'hit' | 'miss' | 'bypass';
+  /** Why a download was not served from the cache or a fill. */
+  bypass?: string;
   coalesced?: boolean;
 }
 

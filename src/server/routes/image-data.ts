@@ -47,6 +47,7 @@ export function imageDataRoute(deps: ImageDataDeps) {
     }
     const image = metadata.image;
     if (image.status !== 'active' || !cache.isValidImageId(imageId)) {
+      notes.bypass = image.status !== 'active' ? `image is ${image.status}` : 'the ID cannot name a cache file';
       await bypass(req, res, notes, image, undefined);
       return;
     }
@@ -62,26 +63,48 @@ export function imageDataRoute(deps: ImageDataDeps) {
         await serveHit(res, notes, image, hit, range !== undefined);
         return;
       }
-      if (size === null) break;
-      if (range !== undefined) {
-        // A range of an image nobody is filling is not worth a fill of its own: the source serves it.
-        const following = await fills.followIfFilling(image, range.start, range.end);
-        if (following === undefined) break;
-        await serveFill(res, notes, image, following, true, true);
-        return;
-      }
-      const result = await fills.follow(image, token, 0, size - 1);
-      if (result.kind === 'cached') continue;
-      if (result.kind === 'bypass') break;
-      if (result.kind === 'answer') {
-        await relay(res, result.response);
-        return;
-      }
-      await serveFill(res, notes, image, result.span, false, result.coalesced);
-      return;
+      const missed = await serveMiss(res, notes, image, token, range);
+      if (missed === 'served') return;
+      if (missed === 'bypass') break;
     }
     await bypass(req, res, notes, image, range);
   };
+
+  /**
+   * A miss, from the image's fill (joined, or started here), or from a fill
+   * of a range in flight. 'cached' when the image got cached meanwhile (read
+   * it from the cache); 'bypass' (with the reason noted) when the source must serve it.
+   */
+  async function serveMiss(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, token: string | undefined, range: ResolvedRange | undefined): Promise<'served' | 'cached' | 'bypass'> {
+    if (image.size === null) {
+      notes.bypass = 'the source gives no size';
+      return 'bypass';
+    }
+    if (range !== undefined) {
+      // A range of an image nobody is filling is not worth a fill of its own: the source serves it.
+      const following = await fills.followIfFilling(image, range.start, range.end);
+      if (following === undefined) {
+        notes.bypass = 'a range of an image not being filled';
+        return 'bypass';
+      }
+      await serveFill(res, notes, image, following, true, true);
+      return 'served';
+    }
+    const result = await fills.follow(image, token, 0, image.size - 1);
+    switch (result.kind) {
+      case 'cached':
+        return 'cached';
+      case 'bypass':
+        notes.bypass = result.reason;
+        return 'bypass';
+      case 'answer':
+        await relay(res, result.response);
+        return 'served';
+      case 'follow':
+        await serveFill(res, notes, image, result.span, false, result.coalesced);
+        return 'served';
+    }
+  }
 
   /** The cached file (or range of it), if it is cached and is this image; a copy of another size is stale and dropped. */
   async function openHit(image: ImageMetadata, range: ResolvedRange | undefined): Promise<OpenImageFile | undefined> {
