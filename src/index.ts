@@ -1,6 +1,11 @@
 export { ImageCache } from './cache/image-cache.js';
 export { ChecksumVerifier, checksumRule, type ChecksumRule } from './cache/checksum.js';
-export type { ImageSource } from './cache/caching-stream.js';
+export type { ImageBytes } from './cache/caching-stream.js';
+export type { ImageSource, ImageMetadata, MetadataResult, SourceAnswer, SourceResponse } from './sources/source.js';
+export { GlanceSource, Upstream } from './sources/glance.js';
+export { LocalDirectorySource, importImage, ImageExists } from './sources/local-directory.js';
+export { startNode, type RunningNode } from './server/node.js';
+export { loadServeConfig, ConfigurationError, type ServeConfig, type ServerOptions } from './server/config.js';
 export { Driver, type CacheReadStream, type OpenImageFile } from './drivers/driver.js';
 export { SqliteDriver } from './drivers/sqlite.js';
 export { XattrDriver } from './drivers/xattr.js';
@@ -21,6 +26,9 @@ export {
   RangeNotSatisfiable,
   ChecksumMismatch,
   InvalidOption,
+  SourceUnavailable,
+  SourceStalled,
+  WrongImageLength,
 } from './errors.js';
 export { validateImageId } from './image-id.js';
 export {

@@ -7,8 +7,8 @@ import type { Logger } from '../log.js';
 import type { ExpectedChecksum } from '../types.js';
 import { checksumRule, ChecksumVerifier } from './checksum.js';
 
-/** Image bytes from anywhere: a stream, or any (async) iterable of chunks. */
-export type ImageSource = Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+/** Image bytes from anywhere: a stream, or any (async) iterable of chunks (not to be confused with an ImageSource, where images come from). */
+export type ImageBytes = Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
 
 /**
  * Passes the image's bytes to its reader while writing them to the cache. The
@@ -93,7 +93,7 @@ function settled(writer: Writable, event: 'drain' | 'finish' | 'close'): Promise
   });
 }
 
-export function createCachingStream(driver: Driver, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageSource, log: Logger): Readable {
+export function createCachingStream(driver: Driver, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageBytes, log: Logger): Readable {
   driver.validate(imageId);
   const rule = checksumRule(expected);
   const tee = new CacheTee(driver, imageId, log);
@@ -105,7 +105,7 @@ export function createCachingStream(driver: Driver, imageId: string, expected: E
 }
 
 /** Caches an image without a reader. False when it is cached or being cached already. */
-export async function cacheFromSource(driver: Driver, imageId: string, source: () => ImageSource, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
+export async function cacheFromSource(driver: Driver, imageId: string, source: () => ImageBytes, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
   driver.validate(imageId);
   const rule = checksumRule(expected);
   if (!(await driver.isCacheable(imageId))) return false;

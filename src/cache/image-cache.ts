@@ -7,7 +7,7 @@ import { BadDriverConfiguration } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import { createLogger, type Logger } from '../log.js';
 import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanReport, ExpectedChecksum, PruneResult, VerifyResult } from '../types.js';
-import { cacheFromSource, createCachingStream, type ImageSource } from './caching-stream.js';
+import { cacheFromSource, createCachingStream, type ImageBytes } from './caching-stream.js';
 
 /**
  * The LRU image cache (Glance's glance.image_cache.ImageCache): a driver plus
@@ -74,7 +74,7 @@ export class ImageCache {
    * verified against `expected` at the end (a mismatch errors the stream and
    * caches nothing).
    */
-  getCachingStream(imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageSource): Readable {
+  getCachingStream(imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageBytes): Readable {
     return createCachingStream(this.driver, imageId, expected, source, this.log);
   }
 
@@ -94,12 +94,12 @@ export class ImageCache {
   }
 
   /** Caches from a stream with nobody reading; false when not cacheable. */
-  cacheImageStream(imageId: string, source: ImageSource, expected?: ExpectedChecksum | null): Promise<boolean> {
+  cacheImageStream(imageId: string, source: ImageBytes, expected?: ExpectedChecksum | null): Promise<boolean> {
     return cacheFromSource(this.driver, imageId, () => source, expected);
   }
 
   /** Caches a file (by path, opened only if the image is cacheable) or a stream. */
-  cacheImageFile(imageId: string, file: string | ImageSource, expected?: ExpectedChecksum | null): Promise<boolean> {
+  cacheImageFile(imageId: string, file: string | ImageBytes, expected?: ExpectedChecksum | null): Promise<boolean> {
     return cacheFromSource(this.driver, imageId, () => (typeof file === 'string' ? fs.createReadStream(file) : file), expected);
   }
 
