@@ -2,11 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { ImageCache } from '../cache/image-cache.js';
 import { isValidImageId } from '../image-id.js';
+import { cachedImageToWire } from '../cache/wire.js';
 import { ImageCacheError } from '../errors.js';
 import { loadServeConfig, SERVER_FLAG_NAMES, type ServeConfig } from '../server/config.js';
 import { serve } from '../server/serve.js';
 import { importImage } from '../sources/local-directory.js';
-import type { CachedImage, VerifyResult } from '../types.js';
+import type { VerifyResult } from '../types.js';
 import { loadStoreDir } from './options.js';
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -49,7 +50,7 @@ export const COMMANDS: Record<string, Command> = {
     flags: {},
     async run(cache, _args, flags) {
       const images = await cache.getCachedImages();
-      if (flags.json) json(images.map(toWire));
+      if (flags.json) json(images.map(cachedImageToWire));
       else out(table(['ID', 'Last Accessed (UTC)', 'Last Modified (UTC)', 'Size', 'Hits'], images.map((i) => [i.imageId, isoTime(i.lastAccessed), isoTime(i.lastModified), String(i.size), String(i.hits)])));
       return 0;
     },
@@ -273,10 +274,6 @@ export function usage(): string {
     ...lines,
     '',
   ].join('\n');
-}
-
-function toWire(image: CachedImage): Record<string, unknown> {
-  return { image_id: image.imageId, hits: image.hits, last_accessed: image.lastAccessed, last_modified: image.lastModified, size: image.size };
 }
 
 function isoTime(epochSeconds: number): string {

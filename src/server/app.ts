@@ -1,6 +1,8 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Fills } from '../cache/fills.js';
 import type { ImageCache } from '../cache/image-cache.js';
+import type { Maintenance } from '../cache/maintenance.js';
+import type { Prefetcher } from '../cache/prefetcher.js';
 import { FillAbandoned } from '../cache/fill-progress.js';
 import { ChecksumMismatch, ImageCacheError, SourceStalled, SourceUnavailable, WrongImageLength } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -13,6 +15,8 @@ import { deleteImageRoute, forwardRoute } from './routes/forward.js';
 import { healthRoute } from './routes/health.js';
 import { imageDataRoute } from './routes/image-data.js';
 import { localApiRoute } from './routes/local-api.js';
+import { cacheAdminRoute } from './routes/cache-admin.js';
+import { versionsRoute } from './routes/versions.js';
 
 export interface AppDeps {
   cache: ImageCache;
@@ -21,6 +25,8 @@ export interface AppDeps {
   /** The upstream Glance, when there is one: the rest of the Image API is forwarded to it. */
   upstream: Upstream | undefined;
   metrics: NodeMetrics;
+  prefetcher: Prefetcher;
+  maintenance: Maintenance;
   /** The Prometheus text (with several workers, all of them added up). */
   metricsText(): Promise<string>;
   options: ServerOptions;
@@ -41,6 +47,8 @@ export function createServer(deps: AppDeps): http.Server {
   const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.metrics, log) : undefined;
   const localApi = localApiRoute(deps.source);
   const health = healthRoute(deps.cache);
+  const versions = versionsRoute();
+  const cacheAdmin = cacheAdminRoute(deps);
 
   async function route(req: IncomingMessage, res: ServerResponse, notes: RequestNotes): Promise<void> {
     const path = (req.url ?? '/').split('?', 1)[0]!;
@@ -54,6 +62,15 @@ export function createServer(deps: AppDeps): http.Server {
     if (!(path.startsWith('/v2/') || path === '/v2' || path === '/versions' || path.startsWith('/versions/') || path === '/')) {
       sendError(res, 404, `Not found: ${path}`);
       return;
+    }
+    if (req.method === 'GET' && (path === '/versions' || path === '/' || path === '/v2' || path === '/v2/')) return versions(req, res);
+    if (path === '/v2/cache' || path.startsWith('/v2/cache/')) {
+      if (deps.options.authStrategy !== 'noauth') {
+        // Management needs the caller's roles, which only a node that validates tokens knows.
+        sendError(res, 403, 'The cache management API is not available with auth_strategy = keystone yet: this node does not validate tokens itself.');
+        return;
+      }
+      return cacheAdmin(req, res, path);
     }
     const data = req.method === 'GET' ? IMAGE_DATA.exec(path) : null;
     if (data !== null) return imageData(req, res, notes, segment(data[1]!));

@@ -28,6 +28,14 @@ export interface ServerOptions {
    * sendfile(2), which Node cannot. Unset: the node sends hits itself.
    */
   xAccelRedirect: string | undefined;
+  /** A static token the node uses for the fetches nobody asked for with a token of their own (prefetching). */
+  upstreamToken: string | undefined;
+  /** image_cache_prefetch_workers: queued images fetched at once. */
+  prefetchWorkers: number;
+  /** image_cache_prune_interval, seconds (0: none): a prune on a timer, beside the one after each commit that overfills the cache. */
+  pruneInterval: number;
+  /** image_cache_clean_interval, seconds (0: none). */
+  cleanInterval: number;
 }
 
 export interface ServeConfig {
@@ -45,10 +53,17 @@ export const SERVE_DEFAULTS = {
   upstreamTimeout: 60,
   authStrategy: 'noauth' as AuthStrategy,
   xAccelRedirect: undefined as string | undefined,
+  upstreamToken: undefined as string | undefined,
+  prefetchWorkers: 1,
+  pruneInterval: 300,
+  cleanInterval: 3600,
 };
 
 /** The options `serve` reads, by their names in glance-api.conf. Glance's hundreds of others are ignored. */
-const SERVER_NAMES = ['bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy', 'x_accel_redirect'] as const;
+const SERVER_NAMES = [
+  'bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy', 'x_accel_redirect',
+  'upstream_token', 'image_cache_prefetch_workers', 'image_cache_prune_interval', 'image_cache_clean_interval',
+] as const;
 const CACHE_NAMES = ['image_cache_dir', 'image_cache_driver', 'image_cache_max_size', 'image_cache_stall_time', 'image_cache_sqlite_db', 'worker_self_reference_url', 'database_connection'] as const;
 export const SERVE_OPTION_NAMES: readonly string[] = [...CACHE_NAMES, ...SERVER_NAMES];
 /** The flags of the node's own options (--bind-port, ...); the cache's are every command's. */
@@ -134,6 +149,10 @@ function serverOptions(settings: Map<string, Setting>): ServerOptions {
     upstreamTimeout: get('upstream_timeout', positiveSeconds, SERVE_DEFAULTS.upstreamTimeout),
     authStrategy: get('auth_strategy', oneOf(['noauth', 'keystone'] as const), SERVE_DEFAULTS.authStrategy),
     xAccelRedirect: get<string | undefined>('x_accel_redirect', locationPrefix, undefined),
+    upstreamToken: get<string | undefined>('upstream_token', text, undefined),
+    prefetchWorkers: get('image_cache_prefetch_workers', integer(1, 64), SERVE_DEFAULTS.prefetchWorkers),
+    pruneInterval: get('image_cache_prune_interval', integer(0, 31_536_000), SERVE_DEFAULTS.pruneInterval),
+    cleanInterval: get('image_cache_clean_interval', integer(0, 31_536_000), SERVE_DEFAULTS.cleanInterval),
   };
 }
 

@@ -2,6 +2,8 @@ import type { AddressInfo } from 'node:net';
 import type http from 'node:http';
 import { Fills } from '../cache/fills.js';
 import { ImageCache } from '../cache/image-cache.js';
+import { Maintenance } from '../cache/maintenance.js';
+import { Prefetcher } from '../cache/prefetcher.js';
 import { createLogger, type Logger } from '../log.js';
 import { GlanceSource, Upstream } from '../sources/glance.js';
 import { LocalDirectorySource } from '../sources/local-directory.js';
@@ -9,6 +11,10 @@ import type { ImageSource } from '../sources/source.js';
 import { createServer } from './app.js';
 import type { ServeConfig } from './config.js';
 import { NodeMetrics } from './metrics.js';
+
+/** A failed prefetch is tried again after this, then twice as long each time, up to the max. */
+const PREFETCH_FIRST_RETRY_MS = 1_000;
+const PREFETCH_MAX_RETRY_MS = 5 * 60_000;
 
 /** A node serving in this process. */
 export interface RunningNode {
@@ -35,9 +41,25 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
   const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
   const metrics = new NodeMetrics(cache);
-  const fills = new Fills(cache, source, { stallMs: timeoutMs, events: metrics.fillEvents, log });
+  const maintenance = new Maintenance(cache, { pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval, log });
+  const events = metrics.fillEvents;
+  const fills = new Fills(cache, source, {
+    stallMs: timeoutMs,
+    events: { ...events, fillEnded: (outcome) => {
+      events.fillEnded(outcome);
+      if (outcome === 'committed') maintenance.afterCommit();
+    } },
+    log,
+  });
+  const prefetcher = new Prefetcher(cache, fills, source, {
+    workers: opts.prefetchWorkers,
+    token: () => opts.upstreamToken,
+    firstRetryMs: PREFETCH_FIRST_RETRY_MS,
+    maxRetryMs: PREFETCH_MAX_RETRY_MS,
+    log,
+  });
   const metricsText = options.metricsText ? () => options.metricsText!(metrics) : () => metrics.registry.metrics();
-  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, options: opts, log });
+  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, options: opts, log });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.bindPort, opts.bindHost, () => {
@@ -45,6 +67,9 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
       resolve();
     });
   });
+  maintenance.start();
+  // Images queued before this start (by an earlier run, or Glance's tools) are fetched now.
+  await prefetcher.resume();
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   let closing: Promise<void> | undefined;
@@ -58,7 +83,9 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
+        await prefetcher.close();
         await fills.close();
+        await maintenance.close();
         // Responses still streaming get a moment to finish, then their connections go.
         const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
         await closed;
