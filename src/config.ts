@@ -158,7 +158,8 @@ export function parseGlanceConfig(text: string): Record<string, string> {
   return out;
 }
 
-function parseIni(text: string): Map<string, Record<string, string>> {
+/** Every section of an INI file, by name, as key/value strings. */
+export function parseIni(text: string): Map<string, Record<string, string>> {
   const sections = new Map<string, Record<string, string>>();
   let current: Record<string, string> | undefined;
   for (const rawLine of text.split(/\r?\n/)) {

@@ -7,7 +7,7 @@ export interface PrefetcherOptions {
   /** image_cache_prefetch_workers: images fetched at once (Glance's prefetcher fetches one at a time per process). */
   workers: number;
   /** The node's own token for the source (a fetch has no caller); undefined without one. */
-  token(): string | undefined;
+  token(): Promise<string | undefined>;
   /** The first retry's delay; each next one doubles, up to maxRetryMs. */
   firstRetryMs: number;
   maxRetryMs: number;
@@ -110,7 +110,7 @@ export class Prefetcher {
   /** 'done' when the image is cached, or will never be (its marker is then dropped); 'retry' otherwise. */
   private async fetch(imageId: string): Promise<'done' | 'retry'> {
     if (!(await this.cache.isQueued(imageId))) return 'done'; // dequeued meanwhile
-    const token = this.options.token();
+    const token = await this.options.token();
     const metadata = await this.source.metadata(imageId, token);
     if (!metadata.ok) {
       if (metadata.answer.status === 404) return this.drop(imageId, 'the source does not have it');

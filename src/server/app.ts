@@ -6,8 +6,9 @@ import type { Prefetcher } from '../cache/prefetcher.js';
 import { FillAbandoned } from '../cache/fill-progress.js';
 import { ChecksumMismatch, ImageCacheError, SourceStalled, SourceUnavailable, WrongImageLength } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Upstream } from '../sources/glance.js';
+import type { Upstream } from '../sources/upstream.js';
 import type { ImageSource } from '../sources/source.js';
+import type { Authorizer } from './authorize.js';
 import type { ServerOptions } from './config.js';
 import type { NodeMetrics } from './metrics.js';
 import { sendError, type RequestNotes } from './respond.js';
@@ -27,6 +28,10 @@ export interface AppDeps {
   metrics: NodeMetrics;
   prefetcher: Prefetcher;
   maintenance: Maintenance;
+  /** Who may manage the cache. */
+  authorizeAdmin: Authorizer;
+  /** Whether the source proves an image gone, beyond what one caller may see (see image-data.ts). */
+  provenGone(imageId: string): Promise<boolean>;
   /** The Prometheus text (with several workers, all of them added up). */
   metricsText(): Promise<string>;
   options: ServerOptions;
@@ -42,7 +47,7 @@ const IMAGE = /^\/v2\/images\/([^/]+)$/;
  */
 export function createServer(deps: AppDeps): http.Server {
   const { log } = deps;
-  const imageData = imageDataRoute({ ...deps, authStrategy: deps.options.authStrategy, xAccelRedirect: deps.options.xAccelRedirect });
+  const imageData = imageDataRoute({ ...deps, xAccelRedirect: deps.options.xAccelRedirect });
   const forward = deps.upstream ? forwardRoute(deps.upstream) : undefined;
   const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.metrics, log) : undefined;
   const localApi = localApiRoute(deps.source);
@@ -65,9 +70,9 @@ export function createServer(deps: AppDeps): http.Server {
     }
     if (req.method === 'GET' && (path === '/versions' || path === '/' || path === '/v2' || path === '/v2/')) return versions(req, res);
     if (path === '/v2/cache' || path.startsWith('/v2/cache/')) {
-      if (deps.options.authStrategy !== 'noauth') {
-        // Management needs the caller's roles, which only a node that validates tokens knows.
-        sendError(res, 403, 'The cache management API is not available with auth_strategy = keystone yet: this node does not validate tokens itself.');
+      const decision = await deps.authorizeAdmin(req);
+      if (!decision.ok) {
+        sendError(res, decision.status, decision.message);
         return;
       }
       return cacheAdmin(req, res, path);

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { envName, optionsFromGlanceSettings, parseGlanceConfig, resolveOptions, type ImageCacheOptions } from '../config.js';
+import { envName, optionsFromGlanceSettings, parseGlanceConfig, parseIni, resolveOptions, type ImageCacheOptions } from '../config.js';
 import { ImageCacheError, InvalidOption } from '../errors.js';
 
 export type AuthStrategy = 'noauth' | 'keystone';
@@ -36,6 +36,21 @@ export interface ServerOptions {
   pruneInterval: number;
   /** image_cache_clean_interval, seconds (0: none). */
   cleanInterval: number;
+  /** cache_admin_role: the role the management API needs under keystone (Glance's cache_* policies default to admin). */
+  cacheAdminRole: string;
+  /** [keystone_authtoken]: the node's own credentials and where Keystone is (auth_strategy = keystone). */
+  keystone: KeystoneSettings | undefined;
+}
+
+/** [keystone_authtoken], as glance-api.conf writes it. */
+export interface KeystoneSettings {
+  authUrl: string;
+  username: string;
+  password: string;
+  projectName: string;
+  userDomainName: string;
+  projectDomainName: string;
+  tokenCacheSeconds: number;
 }
 
 export interface ServeConfig {
@@ -57,13 +72,19 @@ export const SERVE_DEFAULTS = {
   prefetchWorkers: 1,
   pruneInterval: 300,
   cleanInterval: 3600,
+  cacheAdminRole: 'admin',
+  keystone: undefined as KeystoneSettings | undefined,
 };
+/** keystonemiddleware's token_cache_time default. */
+const DEFAULT_TOKEN_CACHE_SECONDS = 300;
 
 /** The options `serve` reads, by their names in glance-api.conf. Glance's hundreds of others are ignored. */
 const SERVER_NAMES = [
   'bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy', 'x_accel_redirect',
-  'upstream_token', 'image_cache_prefetch_workers', 'image_cache_prune_interval', 'image_cache_clean_interval',
+  'upstream_token', 'image_cache_prefetch_workers', 'image_cache_prune_interval', 'image_cache_clean_interval', 'cache_admin_role',
 ] as const;
+/** The options of [keystone_authtoken] the node reads (environment: IMAGE_CACHE_KEYSTONE_AUTH_URL, ...). */
+const KEYSTONE_NAMES = ['auth_url', 'username', 'password', 'project_name', 'user_domain_name', 'project_domain_name', 'token_cache_time'] as const;
 const CACHE_NAMES = ['image_cache_dir', 'image_cache_driver', 'image_cache_max_size', 'image_cache_stall_time', 'image_cache_sqlite_db', 'worker_self_reference_url', 'database_connection'] as const;
 export const SERVE_OPTION_NAMES: readonly string[] = [...CACHE_NAMES, ...SERVER_NAMES];
 /** The flags of the node's own options (--bind-port, ...); the cache's are every command's. */
@@ -110,7 +131,19 @@ export function loadServeConfig(configFile: string | undefined, flags: Record<st
     const value = flags[name.replaceAll('_', '-')];
     if (value !== undefined) settings.set(name, { value, origin: `flag --${name.replaceAll('_', '-')}` });
   }
-  return { cache: cacheOptions(settings), server: serverOptions(settings) };
+  const keystoneSettings = new Map<string, Setting>();
+  if (configFile !== undefined) {
+    const section = parseIni(fs.readFileSync(configFile, 'utf8')).get('keystone_authtoken') ?? {};
+    for (const name of KEYSTONE_NAMES) {
+      if (section[name] !== undefined && section[name] !== '') keystoneSettings.set(name, { value: section[name]!, origin: `[keystone_authtoken] in ${configFile}` });
+    }
+  }
+  for (const name of KEYSTONE_NAMES) {
+    const variable = `IMAGE_CACHE_KEYSTONE_${name.toUpperCase()}`;
+    if (env[variable]) keystoneSettings.set(name, { value: env[variable]!, origin: `environment variable ${variable}` });
+  }
+  const server = serverOptions(settings, keystoneSettings);
+  return { cache: cacheOptions(settings), server };
 }
 
 /** The cache's options, checked now (as the cache will check them) so that a bad one is named with where it was set. */
@@ -132,14 +165,9 @@ function cacheOptions(settings: Map<string, Setting>): ImageCacheOptions {
   }
 }
 
-function serverOptions(settings: Map<string, Setting>): ServerOptions {
-  const get = <T>(name: string, parse: Parser<T>, fallback: T): T => {
-    const setting = settings.get(name);
-    if (setting === undefined) return fallback;
-    const parsed = parse(setting.value);
-    if ('invalid' in parsed) throw new ConfigurationError(name, setting.origin, parsed.invalid);
-    return parsed.value;
-  };
+function serverOptions(settings: Map<string, Setting>, keystoneSettings: Map<string, Setting>): ServerOptions {
+  const get = getter(settings);
+  const authStrategy = get('auth_strategy', oneOf(['noauth', 'keystone'] as const), SERVE_DEFAULTS.authStrategy);
   return {
     bindHost: get('bind_host', text, SERVE_DEFAULTS.bindHost),
     bindPort: get('bind_port', integer(0, 65535), SERVE_DEFAULTS.bindPort),
@@ -147,12 +175,43 @@ function serverOptions(settings: Map<string, Setting>): ServerOptions {
     filesystemStoreDatadir: path.resolve(get('filesystem_store_datadir', text, SERVE_DEFAULTS.filesystemStoreDatadir)),
     workers: Math.max(1, get('workers', integer(0, 256), SERVE_DEFAULTS.workers)),
     upstreamTimeout: get('upstream_timeout', positiveSeconds, SERVE_DEFAULTS.upstreamTimeout),
-    authStrategy: get('auth_strategy', oneOf(['noauth', 'keystone'] as const), SERVE_DEFAULTS.authStrategy),
+    authStrategy,
     xAccelRedirect: get<string | undefined>('x_accel_redirect', locationPrefix, undefined),
     upstreamToken: get<string | undefined>('upstream_token', text, undefined),
     prefetchWorkers: get('image_cache_prefetch_workers', integer(1, 64), SERVE_DEFAULTS.prefetchWorkers),
     pruneInterval: get('image_cache_prune_interval', integer(0, 31_536_000), SERVE_DEFAULTS.pruneInterval),
     cleanInterval: get('image_cache_clean_interval', integer(0, 31_536_000), SERVE_DEFAULTS.cleanInterval),
+    cacheAdminRole: get('cache_admin_role', text, SERVE_DEFAULTS.cacheAdminRole),
+    keystone: authStrategy === 'keystone' ? keystoneOptions(keystoneSettings) : undefined,
+  };
+}
+
+/** With auth_strategy = keystone the node needs Keystone's address and its own credentials: missing ones are named. */
+function keystoneOptions(settings: Map<string, Setting>): KeystoneSettings {
+  const get = getter(settings);
+  const required = (name: string): string => {
+    const value = get<string | undefined>(name, text, undefined);
+    if (value === undefined) throw new ConfigurationError(`[keystone_authtoken] ${name}`, 'auth_strategy = keystone', 'is required: the node validates tokens and fetches with credentials of its own');
+    return value;
+  };
+  return {
+    authUrl: get<string | undefined>('auth_url', httpUrl, undefined) ?? required('auth_url'),
+    username: required('username'),
+    password: required('password'),
+    projectName: required('project_name'),
+    userDomainName: get('user_domain_name', text, 'Default'),
+    projectDomainName: get('project_domain_name', text, 'Default'),
+    tokenCacheSeconds: get('token_cache_time', integer(0, 86_400), DEFAULT_TOKEN_CACHE_SECONDS),
+  };
+}
+
+function getter(settings: Map<string, Setting>) {
+  return <T>(name: string, parse: Parser<T>, fallback: T): T => {
+    const setting = settings.get(name);
+    if (setting === undefined) return fallback;
+    const parsed = parse(setting.value);
+    if ('invalid' in parsed) throw new ConfigurationError(name, setting.origin, parsed.invalid);
+    return parsed.value;
   };
 }
 

@@ -5,12 +5,15 @@ import { ImageCache } from '../cache/image-cache.js';
 import { Maintenance } from '../cache/maintenance.js';
 import { Prefetcher } from '../cache/prefetcher.js';
 import { createLogger, type Logger } from '../log.js';
-import { GlanceSource, Upstream } from '../sources/glance.js';
+import { GlanceSource } from '../sources/glance.js';
+import { Upstream } from '../sources/upstream.js';
 import { LocalDirectorySource } from '../sources/local-directory.js';
 import type { ImageSource } from '../sources/source.js';
 import { createServer } from './app.js';
 import type { ServeConfig } from './config.js';
 import { NodeMetrics } from './metrics.js';
+import { everyoneIsAdmin, keystoneRole } from './authorize.js';
+import { Keystone } from './keystone.js';
 
 /** A failed prefetch is tried again after this, then twice as long each time, up to the max. */
 const PREFETCH_FIRST_RETRY_MS = 1_000;
@@ -40,6 +43,9 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   const timeoutMs = opts.upstreamTimeout * 1000;
   const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
   const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
+  const keystone = opts.keystone === undefined ? undefined : new Keystone({ ...opts.keystone, log });
+  /** The node's own token for the source, for what no caller asked with theirs. */
+  const nodeToken = async (): Promise<string | undefined> => opts.upstreamToken ?? (await keystone?.nodeToken());
   const metrics = new NodeMetrics(cache);
   const maintenance = new Maintenance(cache, { pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval, log });
   const events = metrics.fillEvents;
@@ -53,13 +59,23 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   });
   const prefetcher = new Prefetcher(cache, fills, source, {
     workers: opts.prefetchWorkers,
-    token: () => opts.upstreamToken,
+    token: nodeToken,
     firstRetryMs: PREFETCH_FIRST_RETRY_MS,
     maxRetryMs: PREFETCH_MAX_RETRY_MS,
     log,
   });
   const metricsText = options.metricsText ? () => options.metricsText!(metrics) : () => metrics.registry.metrics();
-  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, options: opts, log });
+  const authorizeAdmin = keystone === undefined ? everyoneIsAdmin : keystoneRole(keystone, opts.cacheAdminRole);
+  // noauth: the source shows every image to everyone, so its 404 is proof. keystone: proof is a
+  // 404 to the node's own credentials too (an admin's, which see every project's images).
+  const provenGone = async (imageId: string): Promise<boolean> => {
+    if (opts.authStrategy === 'noauth') return true;
+    const token = await nodeToken();
+    if (token === undefined) return false;
+    const metadata = await source.metadata(imageId, token);
+    return !metadata.ok && metadata.answer.status === 404;
+  };
+  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, authorizeAdmin, provenGone, options: opts, log });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.bindPort, opts.bindHost, () => {

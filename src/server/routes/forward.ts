@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ImageCache } from '../../cache/image-cache.js';
 import type { Logger } from '../../log.js';
-import { definedHeaders, type Upstream, type UpstreamResponse } from '../../sources/glance.js';
+import { definedHeaders, type Upstream, type UpstreamResponse } from '../../sources/upstream.js';
 import type { NodeMetrics } from '../metrics.js';
 import { endToEndHeaders, relay } from '../respond.js';
 

@@ -5,7 +5,6 @@ import type { OpenImageFile } from '../../drivers/driver.js';
 import { ImageNotCached } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { ImageMetadata, ImageSource } from '../../sources/source.js';
-import type { AuthStrategy } from '../config.js';
 import { parseRange, type ResolvedRange } from '../http-range.js';
 import type { NodeMetrics } from '../metrics.js';
 import { relay, sendAnswer, sendError, tokenOf, type RequestNotes } from '../respond.js';
@@ -16,7 +15,8 @@ export interface ImageDataDeps {
   fills: Fills;
   source: ImageSource;
   metrics: NodeMetrics;
-  authStrategy: AuthStrategy;
+  /** Whether the source proves the image gone, beyond what one caller may see. */
+  provenGone(imageId: string): Promise<boolean>;
   /** x_accel_redirect: hand hits to the nginx in front (see ServerOptions). */
   xAccelRedirect: string | undefined;
   log: Logger;
@@ -183,15 +183,14 @@ function dataHeaders(image: ImageMetadata, start: number, end: number, size: num
 }
 
 /**
- * The source says the image does not exist. With noauth that is proof (the
- * upstream shows every image to everyone), so its cached copy goes, as the
- * DELETE that removed it upstream would have removed it had it passed here.
- * With keystone a 404 may mean only "not yours": another project's image
- * stays (until the node can confirm with credentials of its own).
+ * The source told a caller the image does not exist. Its cached copy goes,
+ * as the DELETE that removed it upstream would have removed it had it passed
+ * here, but only on proof (provenGone): a 404 may mean only "not yours", and
+ * one caller's 404 must never evict another project's image.
  */
 async function dropIfProvenGone(deps: ImageDataDeps, imageId: string): Promise<void> {
-  if (deps.authStrategy !== 'noauth' || !deps.cache.isValidImageId(imageId)) return;
-  if (!(await deps.cache.isCached(imageId))) return;
+  if (!deps.cache.isValidImageId(imageId) || !(await deps.cache.isCached(imageId))) return;
+  if (!(await deps.provenGone(imageId))) return;
   await deps.cache.deleteCachedImage(imageId);
   deps.metrics.evicted('upstream_deleted');
   deps.log.info({ imageId }, 'the source no longer has the image; dropped its cached copy');

@@ -1,0 +1,328 @@
+/**
+ * Debian's Keystone (the reference identity service) on loopback, as a peer
+ * for the tests of auth_strategy = keystone: sqlite, fernet tokens, and two
+ * users in domain Default, admin/secret (role admin on project admin) and
+ * demo/secret (role member on project demo).
+ *
+ * Everything lives in one temporary root (config, database, key
+ * repositories, logs) that stop() removes. The server (keystone-wsgi-public:
+ * wsgiref, one process, one request at a time) runs in its own process
+ * group, so the whole group is stopped at once, and is killed when this
+ * process exits without having stopped it.
+ */
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+/** The WSGI entry Debian's keystone package installs, runnable as a development server. */
+const WSGI_PUBLIC = 'keystone-wsgi-public';
+const START_TIMEOUT_MS = 60_000;
+const POLL_INTERVAL_MS = 100;
+const STOP_TIMEOUT_MS = 10_000;
+/** keystone-manage steps take ~2 s each (mostly imports); a hung one should not hold the test for ever. */
+const MANAGE_TIMEOUT_MS = 60_000;
+/** Both users' password, as the peers' README gives it. */
+const PASSWORD = 'secret';
+const DOMAIN = 'default';
+/**
+ * bcrypt's minimum (Keystone's default is 12): every token issued checks the
+ * password, ~0.25 s at 12 rounds on a server that answers one request at a
+ * time, and tests ask for many tokens. Nothing else about the tokens changes.
+ */
+const PASSWORD_HASH_ROUNDS = 4;
+
+export interface KeystonePeer {
+  /** The identity API, e.g. http://127.0.0.1:PORT/v3. */
+  url: string;
+  stop(): Promise<void>;
+  /** A project-scoped token (X-Subject-Token) for user/password in domain Default. */
+  token(user: string, password: string, project: string): Promise<string>;
+  /** Revokes a token (DELETE /v3/auth/tokens with X-Subject-Token, authorized by an admin token). */
+  revoke(token: string): Promise<void>;
+}
+
+/** Whether Debian's keystone can be run here: keystone-manage for the setup and the WSGI entry for the server. */
+export function keystoneAvailable(): boolean {
+  return onPath('keystone-manage') && onPath(WSGI_PUBLIC);
+}
+
+export async function startKeystone(options: { port?: number } = {}): Promise<KeystonePeer> {
+  // A port already taken would have /v3 answered by whoever holds it: refuse it before starting.
+  const port = await freePort(options.port ?? 0);
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'keystone-peer-'));
+  const url = `http://127.0.0.1:${port}/v3`;
+  let peer: RunningKeystone | undefined;
+  try {
+    const conf = writeConfig(root);
+    // keystone-manage insists on an owner for the key repositories only when run as root. Root's
+    // own ids then (uid 0 makes it change no ownership); none otherwise, as the user running the
+    // tests need not be in /etc/passwd, where keystone-manage would look it up.
+    const uid = process.getuid?.() ?? 0;
+    const owner = uid === 0 ? ['--keystone-user', '0', '--keystone-group', String(process.getgid?.() ?? 0)] : [];
+    // The key repositories do not touch the database: set them up while the schema is created.
+    await Promise.all([
+      manage(root, conf, ['db_sync']),
+      manage(root, conf, ['fernet_setup', ...owner]),
+      manage(root, conf, ['credential_setup', ...owner]),
+    ]);
+    // Creates domain Default, project admin, user admin with role admin on it, and roles reader < member < admin.
+    await manage(root, conf, ['bootstrap', '--bootstrap-password', PASSWORD, '--bootstrap-public-url', url]);
+    peer = spawnServer(root, conf, url);
+    await waitUntilServing(peer);
+    await peer.addDemo();
+    return peer;
+  } catch (err) {
+    if (peer !== undefined) await peer.stop();
+    else fs.rmSync(root, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+class RunningKeystone implements KeystonePeer {
+  /** Set when the server itself has exited, so that waiting for it can stop early. */
+  exited: string | undefined;
+  private stopped = false;
+
+  constructor(readonly url: string, readonly root: string, readonly pgid: number) {}
+
+  async token(user: string, password: string, project: string): Promise<string> {
+    const res = await request(`${this.url}/auth/tokens`, 'POST', { 'Content-Type': 'application/json' }, JSON.stringify({
+      auth: {
+        identity: { methods: ['password'], password: { user: { name: user, domain: { id: DOMAIN }, password } } },
+        scope: { project: { name: project, domain: { id: DOMAIN } } },
+      },
+    }));
+    const token = res.headers['x-subject-token'];
+    if (res.status !== 201 || typeof token !== 'string') {
+      throw new Error(`token for ${user} on project ${project}: ${res.status} ${res.body}`);
+    }
+    return token;
+  }
+
+  async revoke(token: string): Promise<void> {
+    // A fresh admin token each time: one kept from earlier could itself have been revoked through here.
+    const admin = await this.token('admin', PASSWORD, 'admin');
+    const res = await request(`${this.url}/auth/tokens`, 'DELETE', { 'X-Auth-Token': admin, 'X-Subject-Token': token });
+    if (res.status !== 204) throw new Error(`revoking a token: ${res.status} ${res.body}`);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    signalGroup(this.pgid, 'SIGTERM');
+    if (!(await this.waitForGroupExit(STOP_TIMEOUT_MS))) {
+      signalGroup(this.pgid, 'SIGKILL');
+      await this.waitForGroupExit(STOP_TIMEOUT_MS);
+    }
+    running.delete(this);
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+
+  /** Project demo, user demo, and role member (which bootstrap created) for demo on demo, through the API as start.sh does. */
+  async addDemo(): Promise<void> {
+    const admin = await this.token('admin', PASSWORD, 'admin');
+    const api = async <T>(method: string, resource: string, body?: unknown): Promise<T> => {
+      const headers: Record<string, string> = { 'X-Auth-Token': admin };
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
+      const res = await request(`${this.url}${resource}`, method, headers, body === undefined ? undefined : JSON.stringify(body));
+      if (res.status >= 300) throw new Error(`${method} ${resource}: ${res.status} ${res.body}`);
+      return (res.body === '' ? undefined : JSON.parse(res.body)) as T;
+    };
+    const { project } = await api<{ project: { id: string } }>('POST', '/projects', { project: { name: 'demo', domain_id: DOMAIN } });
+    const { user } = await api<{ user: { id: string } }>('POST', '/users', { user: { name: 'demo', domain_id: DOMAIN, password: PASSWORD } });
+    const [member] = (await api<{ roles: { id: string }[] }>('GET', '/roles?name=member')).roles;
+    if (member === undefined) throw new Error('keystone-manage bootstrap created no role "member"');
+    await api<void>('PUT', `/projects/${project.id}/users/${user.id}/roles/${member.id}`);
+  }
+
+  /** The last lines of the server's and keystone-manage's logs, for a failure's message. */
+  logTail(lines = 20): string {
+    return logTail(this.root, lines);
+  }
+
+  private async waitForGroupExit(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (processGroup(this.pgid).length > 0) {
+      if (Date.now() > deadline) return false;
+      await sleep(50);
+    }
+    return true;
+  }
+}
+
+/** Peers not stopped yet: killed, and their roots removed, if this process exits first. */
+const running = new Set<RunningKeystone>();
+process.on('exit', () => {
+  for (const peer of running) {
+    signalGroup(peer.pgid, 'SIGKILL');
+    fs.rmSync(peer.root, { recursive: true, force: true });
+  }
+});
+
+/** The configuration start.sh writes: sqlite database, fernet tokens, key repositories and logs in the root. */
+function writeConfig(root: string): string {
+  for (const dir of ['fernet', 'credential', 'log']) fs.mkdirSync(path.join(root, dir));
+  const conf = path.join(root, 'keystone.conf');
+  // log_dir without log_file: each program logs to its own file there (keystone-manage.log, keystone-wsgi-public.log).
+  fs.writeFileSync(conf, `[DEFAULT]
+log_dir = ${path.join(root, 'log')}
+[database]
+connection = sqlite:///${path.join(root, 'keystone.db')}
+[fernet_tokens]
+key_repository = ${path.join(root, 'fernet')}
+[credential]
+key_repository = ${path.join(root, 'credential')}
+[token]
+provider = fernet
+[identity]
+password_hash_rounds = ${PASSWORD_HASH_ROUNDS}
+`);
+  return conf;
+}
+
+/** One keystone-manage step; its output is appended to log/manage.log (steps may run at once: each appends whole). */
+function manage(root: string, conf: string, args: string[]): Promise<void> {
+  const logFile = path.join(root, 'log', 'manage.log');
+  return new Promise((resolve, reject) => {
+    execFile('keystone-manage', ['--config-file', conf, ...args], { cwd: root, timeout: MANAGE_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      fs.appendFileSync(logFile, `--- keystone-manage ${args[0]}\n${stdout}${stderr}`);
+      if (err) reject(new Error(`keystone-manage ${args[0]} failed: ${err.message}\n${logTail(root, 20)}`));
+      else resolve();
+    });
+  });
+}
+
+function spawnServer(root: string, conf: string, url: string): RunningKeystone {
+  const { port } = new URL(url);
+  const out = fs.openSync(path.join(root, 'log', 'server.log'), 'a');
+  // The WSGI entry takes no --config-file: the application reads its configuration files from this variable.
+  const env = { ...process.env, OS_KEYSTONE_CONFIG_FILES: conf };
+  // detached: setsid, so its pid is also the group id of the server and anything it forks.
+  const child = spawn(WSGI_PUBLIC, ['--host', '127.0.0.1', '--port', port], { cwd: root, env, detached: true, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  if (child.pid === undefined) throw new Error(`${WSGI_PUBLIC} could not be spawned`);
+  // Not keeping this process alive for it: stop() or the exit hook ends it.
+  child.unref();
+  const peer = new RunningKeystone(url, root, child.pid);
+  running.add(peer);
+  child.on('exit', (code, signal) => {
+    peer.exited = `${WSGI_PUBLIC} exited (${signal ?? `code ${code}`})`;
+  });
+  return peer;
+}
+
+/** Polls /v3 until Keystone answers, it exits, or the deadline passes (then fails with its logs' tails). */
+async function waitUntilServing(peer: RunningKeystone): Promise<void> {
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    // Checked first: a server that could not bind must not be taken as up because someone else answers on the port.
+    if (peer.exited === undefined && (await answers(peer.url))) return;
+    const reason = peer.exited ?? (Date.now() > deadline ? `no answer within ${START_TIMEOUT_MS} ms` : undefined);
+    if (reason !== undefined) throw new Error(`Keystone on ${peer.url} did not come up: ${reason}\n${peer.logTail()}`);
+    await sleep(POLL_INTERVAL_MS);
+  }
+}
+
+async function answers(url: string): Promise<boolean> {
+  try {
+    const { status } = await request(url, 'GET', {}, undefined, 2000);
+    return status === 200;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * One request on its own connection (no agent: nothing stays open to keep
+ * the process alive; wsgiref closes it after each answer anyway), with the
+ * whole answer as text.
+ */
+async function request(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  body?: string,
+  timeoutMs = 30_000,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  const req = http.request(url, { method, agent: false, timeout: timeoutMs, headers });
+  req.on('timeout', () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
+  const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
+    req.once('response', resolve);
+    req.once('error', reject);
+  });
+  req.end(body);
+  const res = await answered;
+  let text = '';
+  for await (const chunk of res) text += String(chunk);
+  return { status: res.statusCode ?? 0, headers: res.headers, body: text };
+}
+
+/** `port` (0: any) once it has been seen free on 127.0.0.1. */
+function freePort(port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', (err) => reject(new Error(`port ${port} on 127.0.0.1 is not free: ${err.message}`)));
+    server.listen(port, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Live (not zombie) processes whose process group is `pgid`. */
+function processGroup(pgid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // exited while we looked
+    }
+    // Fields after the command name (which may hold spaces and parentheses): state ppid pgrp ...
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (state !== 'Z' && Number(pgrp) === pgid) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+/** The last lines of every log in the root: keystone-manage's output, the server's stdout, Keystone's own logs. */
+function logTail(root: string, lines: number): string {
+  const dir = path.join(root, 'log');
+  if (!fs.existsSync(dir)) return '';
+  return fs.readdirSync(dir)
+    .sort()
+    .map((name) => `--- ${name}\n${tail(fs.readFileSync(path.join(dir, name), 'utf8'), lines)}`)
+    .join('\n');
+}
+
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, command), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function tail(text: string, lines: number): string {
+  return text.trimEnd().split('\n').slice(-lines).join('\n');
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
