@@ -12,13 +12,14 @@
  *   (c) herds of concurrent first requests: wall time, every body compared with the image, the upstream's reads;
  *       the same herd on nginx is the floor the clients themselves set on this machine
  *   (d) the node's peak RSS during (c), with one client among them that reads nothing for a while
+ *   (e) an image queued with PUT /v2/cache/{id} and downloaded by 10 clients at once: the upstream's reads
  *
  *   npm run bench:http
  *   BENCH_HIT_SIZE=64MiB BENCH_HERD_SIZE=16MiB BENCH_IDLE_SECONDS=3 npm run bench:http   # quick
  *
  * Environment: BENCH_HIT_SIZE (default 1GiB, parts a and b), BENCH_HERD_SIZE (256MiB, parts c
  * and d), BENCH_IDLE_SECONDS (60), BENCH_REPS (5, hits per server), BENCH_UPSTREAM_BPS (200e6,
- * the fake upstream's bandwidth), BENCH_FIRST_REPS (3, first downloads per server), TMPDIR. Prints a table, then the whole report as one JSON line.
+ * the fake upstream's bandwidth), BENCH_FIRST_REPS (3, first downloads per server), BENCH_PARTS (a,b,c,e), TMPDIR. Prints a table, then the whole report as one JSON line.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -47,6 +48,8 @@ const config = {
   idleSeconds: numberFromEnv('BENCH_IDLE_SECONDS', 60),
   reps: numberFromEnv('BENCH_REPS', 5),
   firstReps: numberFromEnv('BENCH_FIRST_REPS', 3),
+  /** BENCH_PARTS=a,c: only the parts whose names start so (default: all). */
+  parts: (process.env.BENCH_PARTS ?? 'a,b,c,e').split(',').map((part) => part.trim()).filter(Boolean),
   upstreamBytesPerSecond: numberFromEnv('BENCH_UPSTREAM_BPS', 200e6),
 };
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
@@ -650,6 +653,22 @@ async function partFakeUpstream(ctx: Context): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------- (e) a queued image downloaded meanwhile
+
+/** PUT /v2/cache/{id} on the node, and at once 10 clients download the image: the upstream must serve it once. */
+async function partPrefetch(ctx: Context): Promise<void> {
+  if (!ctx.node) return;
+  const part = 'e_prefetch';
+  progress('(e) a queued image downloaded by 10 clients meanwhile: uploading');
+  const image = await upload(ctx.glanceOff, ctx.hitFile, part);
+  execFileSync('sync');
+  const queued = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'PUT', '-H', 'X-Auth-Token: x', `${ctx.node.url}/v2/cache/${image.id}`]);
+  record(part, 'node', 'queue_status', queued.trim());
+  const result = await herd(fileUrl(ctx.node, image.id), FAKE_HERD, ctx.hitFile);
+  recordHerd(part, 'node', result, FAKE_HERD);
+  record(part, 'node', 'upstream_file_GETs_logged', countFileGets(ctx.glanceOff, image.id));
+}
+
 // ---------------------------------------------------------------- main
 
 interface Context {
@@ -700,10 +719,14 @@ async function setUp(): Promise<Context> {
 async function main(): Promise<void> {
   try {
     const ctx = await setUp();
-    await attempt('a_hits', () => partHits(ctx));
-    await attempt('b_first', () => partFirst(ctx));
-    for (const n of HERD_SIZES) await attempt(`c_herd_${n}`, () => partHerd(ctx, n));
-    await attempt('c_limited_upstream', () => partFakeUpstream(ctx));
+    const parts: Array<[string, () => Promise<void>]> = [
+      ['a_hits', () => partHits(ctx)],
+      ['b_first', () => partFirst(ctx)],
+      ...HERD_SIZES.map((n): [string, () => Promise<void>] => [`c_herd_${n}`, () => partHerd(ctx, n)]),
+      ['c_limited_upstream', () => partFakeUpstream(ctx)],
+      ['e_prefetch', () => partPrefetch(ctx)],
+    ];
+    for (const [name, fn] of parts) if (config.parts.some((prefix) => name.startsWith(prefix))) await attempt(name, fn);
   } finally {
     await cleanup();
     printReport();

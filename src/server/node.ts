@@ -83,6 +83,9 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
       resolve();
     });
   });
+  if (opts.authStrategy === 'noauth' && !isLoopback(opts.bindHost)) {
+    log.warn({ bindHost: opts.bindHost }, 'auth_strategy = noauth on an address beyond loopback: anyone who can reach this port can manage and empty the cache; use auth_strategy = keystone');
+  }
   maintenance.start();
   // Images queued before this start (by an earlier run, or Glance's tools) are fetched now.
   await prefetcher.resume();
@@ -114,3 +117,8 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   };
 }
 
+
+/** Whether only this machine can reach the address. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
