@@ -28,6 +28,8 @@ const LOCK_WAIT_MS = 60_000;
 export class Maintenance {
   private readonly timers: NodeJS.Timeout[] = [];
   private running: Promise<unknown> = Promise.resolve();
+  /** The size check (and prune) of the last afterCommit, for close() to wait for. */
+  private checking: Promise<unknown> = Promise.resolve();
   private pruneWanted = false;
   private closed = false;
 
@@ -52,7 +54,7 @@ export class Maintenance {
   afterCommit(): void {
     if (this.pruneWanted || this.closed) return;
     this.pruneWanted = true;
-    void this.cache.getCacheSize().then(
+    this.checking = this.cache.getCacheSize().then(
       (size) => {
         if (size <= this.cache.options.imageCacheMaxSize) {
           this.pruneWanted = false;
@@ -79,10 +81,12 @@ export class Maintenance {
     return this.run('clean', true) as Promise<CleanReport>;
   }
 
-  close(): Promise<unknown> {
+  /** Stops the timers and waits for what is running. */
+  async close(): Promise<void> {
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
-    return this.running.catch(() => {});
+    await this.checking;
+    await this.running.catch(() => {});
   }
 
   /**
