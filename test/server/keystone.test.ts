@@ -70,6 +70,16 @@ describe('auth_strategy = keystone', { skip: missing }, () => {
     assert.equal((await fetchAll(`${url}/v2/cache`, { method: 'DELETE', headers })).status, 204);
   });
 
+  it('gives an admin Glance\'s negative answers: queue unknown 404, queue non-active 400, delete unknown 404, bad clear target 400', async (t) => {
+    const { fake, url } = await setUp(t);
+    const headers = { 'x-auth-token': adminToken };
+    const notActive = await fake.addImage({ data: imageBytes(10), status: 'queued' });
+    assert.equal((await fetchAll(`${url}/v2/cache/00000000-0000-4000-8000-000000000000`, { method: 'PUT', headers })).status, 404);
+    assert.equal((await fetchAll(`${url}/v2/cache/${notActive.id}`, { method: 'PUT', headers })).status, 400);
+    assert.equal((await fetchAll(`${url}/v2/cache/never-heard-of-it`, { method: 'DELETE', headers })).status, 404);
+    assert.equal((await fetchAll(`${url}/v2/cache`, { method: 'DELETE', headers: { ...headers, 'x-image-cache-clear-target': 'all-of-it' } })).status, 400);
+  });
+
   it('prefetches with the node\'s own token from its [keystone_authtoken] credentials', async (t) => {
     const { fake, url, node } = await setUp(t);
     const image = await fake.addImage({ data: imageBytes(4096) });
