@@ -1,58 +1,92 @@
 #!/usr/bin/env node
-import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { ImageCache } from '../cache/image-cache.js';
-import { ImageCacheError, InvalidOption } from '../errors.js';
-import { COMMANDS, usage } from './commands.js';
-import { GLOBAL_FLAGS, loadOptions } from './options.js';
+/**
+ * `image-cache COMMAND ...`: the wiring. The commands are in one file per
+ * concern (node-commands, manage, prefetch, maintenance); this file sets up
+ * the program, the exit statuses (0 done, 1 failed, 2 usage), and how
+ * errors are printed.
+ */
+import { Command, CommanderError } from 'commander';
+import { ImageCacheError } from '../errors.js';
+import { addMaintenanceCommands } from './maintenance.js';
+import { addManageCommands } from './manage.js';
+import { addNodeCommands } from './node-commands.js';
+import { addGlobalOptions } from './options.js';
+import { addPrefetchCommand } from './prefetch.js';
+import { RemoteError } from './remote.js';
 
-/** `image-cache COMMAND [ARGS] [--image-cache-dir DIR] ...`: the cache from the shell and from cron. */
-async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  const command = name === undefined ? undefined : COMMANDS[name];
-  if (command === undefined || name === '--help' || name === '-h') {
-    process.stderr.write(usage());
-    return name === undefined || name === '--help' || name === '-h' ? 0 : 2;
+/** The old names, gone for Glance's; each says what replaced it instead of "unknown command". */
+const RETIRED: Record<string, string> = {
+  queue: 'queue-image IMAGE_ID... (--url URL | --local)',
+  'delete-cached': 'delete-cached-image IMAGE_ID, or delete-all-cached-images (--url URL | --local)',
+  'delete-queued': 'delete-queued-image IMAGE_ID, or delete-all-queued-images (--url URL | --local)',
+  'cache-file': 'import FILE into the local image store, then queue-image ID and prefetch --local',
+};
+
+function buildProgram(): Command {
+  const program = new Command('image-cache')
+    .usage('COMMAND [ARGS] [OPTIONS]')
+    .description('The OpenStack Glance image cache: the cache node, and glance-cache-manage\'s commands on a node or a cache directory.')
+    .exitOverride((err) => {
+      throw err;
+    })
+    // The program's own help (`image-cache`, `image-cache --help`) has always gone to stderr, and scripts and tests
+    // read it there; each command's --help goes to stdout (command.ts).
+    .configureOutput({
+      writeOut: (text) => process.stderr.write(text),
+      getOutHelpWidth: () => (process.stderr.isTTY ? process.stderr.columns : 100),
+      outputError: (text, write) => write(text.replace(/^error: /, 'image-cache: ')),
+    })
+    .showHelpAfterError('(image-cache --help lists the commands)')
+    // The commands inherit this: their help lists the program's options too.
+    .configureHelp({ showGlobalOptions: true });
+  addGlobalOptions(program);
+  addNodeCommands(program);
+  addManageCommands(program);
+  addPrefetchCommand(program);
+  addMaintenanceCommands(program);
+  // The program's own list: each command by its synopsis, too long to leave room for a description column beside it.
+  program.configureHelp({
+    subcommandTerm: (cmd) => `${cmd.name()} ${cmd.usage()}`,
+    formatItem: (term, _termWidth, description, helper) =>
+      (description === '' ? `  ${term}` : `  ${term}\n      ${helper.boxWrap(description, (helper.helpWidth ?? 100) - 6).replaceAll('\n', '\n      ')}`),
+  });
+  for (const [name, replacement] of Object.entries(RETIRED)) {
+    program
+      .command(name, { hidden: true })
+      .helpOption(false)
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .action(() => program.error(`error: '${name}' is now: ${replacement}`, { exitCode: 2, code: 'image-cache.retired' }));
   }
-  const { values, positionals } = parseArgs({ args: rest, options: { ...GLOBAL_FLAGS, ...command.flags }, allowPositionals: true, strict: true });
-  if (values.help) {
-    process.stdout.write(`${command.synopsis}\n`);
-    return 0;
-  }
-  const flags = values as Record<string, string | boolean | undefined>;
-  const problem = positionals.length < command.minArgs || positionals.length > command.maxArgs
-    ? 'wrong number of arguments'
-    : command.check?.(positionals, flags);
-  if (problem !== undefined) {
-    process.stderr.write(`image-cache ${name}: ${problem}\nusage: image-cache ${command.synopsis}\n`);
-    return 2;
-  }
-  if (command.opensCache === false) return command.run(positionals, flags);
-  const options = loadOptions(values);
-  if (!options.imageCacheDir) throw new InvalidOption('image_cache_dir', 'is required: pass --image-cache-dir DIR, set IMAGE_CACHE_DIR, or give a --config-file');
-  options.imageCacheDir = path.resolve(options.imageCacheDir);
-  const cache = await ImageCache.create(options);
-  try {
-    return await command.run(cache, positionals, flags);
-  } finally {
-    await cache.close();
-  }
+  program.addHelpText('after', `
+Options come from, lowest precedence first: the config file's [DEFAULT] section (a glance-api.conf works), environment
+variables (IMAGE_CACHE_ and the option's name in upper case: IMAGE_CACHE_DIR, IMAGE_CACHE_MAX_SIZE, IMAGE_CACHE_BIND_PORT, ...),
+then flags. import and prefetch --local find the local image store in --filesystem-store-datadir, IMAGE_CACHE_FILESYSTEM_STORE_DATADIR,
+the config file's [glance_store] or [DEFAULT] section, else ./var/images. With --url, the token is --token or OS_AUTH_TOKEN.
+Exit status: 0 done, 1 failed (the error is on stderr), 2 usage error (nothing was opened or created).
+'image-cache COMMAND --help' describes a command.`);
+  return program;
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    if (err instanceof ImageCacheError) {
-      process.stderr.write(`image-cache: ${err.message} [${err.code}]\n`);
-      process.exitCode = 1;
-    } else if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`image-cache: ${(err as Error).message}\n`);
-      process.exitCode = 2;
-    } else {
-      process.stderr.write(`image-cache: ${(err as Error).stack ?? String(err)}\n`);
-      process.exitCode = 1;
-    }
-  },
-);
+/** The exit status of an error, printed on stderr. */
+function report(err: unknown, command: string): number {
+  if (err instanceof CommanderError) {
+    // commander has printed it. Help that was asked for exits 0 there; anything else it stops at is a usage error,
+    // help shown for want of a command included (commander's 1 is ours 2).
+    return err.exitCode === 0 ? 0 : 2;
+  }
+  const prefix = `image-cache${command === '' ? '' : ` ${command}`}: `;
+  if (err instanceof ImageCacheError) process.stderr.write(`${prefix}${err.message} [${err.code}]\n`);
+  else if (err instanceof RemoteError) process.stderr.write(`${prefix}${err.message}\n`);
+  else process.stderr.write(`${prefix}${(err as Error).stack ?? String(err)}\n`);
+  return 1;
+}
+
+const program = buildProgram();
+let running = '';
+program.hook('preAction', (_program, actionCommand) => {
+  running = actionCommand.name();
+});
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.exitCode = report(err, running);
+});

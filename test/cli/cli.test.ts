@@ -22,112 +22,87 @@ function tempDir(t: TestContext): string {
 }
 
 describe('image-cache command line', () => {
-  it('cache-file caches a local file and list-cached --json lists it in Glance\'s wire shape', (t) => {
+  it('checks usage before anything is opened or created: exit 2, the problem and the command\'s synopsis on stderr, nothing on stdout', (t) => {
     const root = tempDir(t);
     const cacheDir = path.join(root, 'cache');
-    const file = path.join(root, 'disk.img');
-    fs.writeFileSync(file, Buffer.alloc(3000, 7));
-    const cached = cli(['cache-file', 'img-1', file, '--image-cache-dir', cacheDir]);
-    assert.equal(cached.status, 0, cached.stderr);
-    assert.match(cached.stdout, /Cached image img-1 \(3000 bytes\)/);
-    assert.ok(fs.readFileSync(path.join(cacheDir, 'img-1')).equals(fs.readFileSync(file)));
-    const listed = cli(['list-cached', '--json', '--image-cache-dir', cacheDir]);
-    assert.equal(listed.status, 0, listed.stderr);
-    const images = JSON.parse(listed.stdout) as Array<Record<string, unknown>>;
-    assert.equal(images.length, 1);
-    assert.deepEqual(Object.keys(images[0]!).sort(), ['hits', 'image_id', 'last_accessed', 'last_modified', 'size']);
-    assert.equal(images[0]!.image_id, 'img-1');
-    assert.equal(images[0]!.size, 3000);
-  });
-
-  it('cache-file with a wrong checksum fails with the error code and caches nothing', (t) => {
-    const root = tempDir(t);
-    const file = path.join(root, 'disk.img');
-    fs.writeFileSync(file, 'data');
-    const result = cli(['cache-file', 'img-1', file, '--checksum', '0'.repeat(32), '--image-cache-dir', path.join(root, 'cache')]);
-    assert.equal(result.status, 1);
-    assert.match(result.stderr, /ERR_CHECKSUM_MISMATCH/);
-    assert.equal(fs.existsSync(path.join(root, 'cache', 'img-1')), false);
-  });
-
-  it('queue then prefetch caches queued images from a local image directory, showing progress, and keeps the missing one queued', (t) => {
-    const root = tempDir(t);
-    const cacheDir = path.join(root, 'cache');
-    const store = path.join(root, 'images');
-    fs.mkdirSync(store);
-    fs.writeFileSync(path.join(store, 'present'), 'image bytes');
-    assert.equal(cli(['queue', 'present', 'missing', '--image-cache-dir', cacheDir]).status, 0);
-    const result = cli(['prefetch', '--filesystem-store-datadir', store, '--image-cache-dir', cacheDir]);
-    assert.equal(result.status, 1, 'one queued image could not be prefetched');
-    // Queue order is mtime, then ID: the two markers may share an mtime, so either may come first.
-    assert.match(result.stderr, /\[[12]\/2\] present: cached \(11 bytes\)/);
-    assert.match(result.stderr, /\[[12]\/2\] missing: not in .*; left queued/);
-    assert.equal(fs.readFileSync(path.join(cacheDir, 'present'), 'utf8'), 'image bytes');
-    const queued = cli(['list-queued', '--json', '--image-cache-dir', cacheDir]);
-    assert.deepEqual(JSON.parse(queued.stdout), ['missing']);
-  });
-
-  it('reads image_cache_dir and image_cache_max_size from a glance-api.conf [DEFAULT] section; flags override it', (t) => {
-    const root = tempDir(t);
-    const cacheDir = path.join(root, 'from-conf');
-    const conf = path.join(root, 'glance-api.conf');
-    fs.writeFileSync(conf, `[DEFAULT]\nimage_cache_dir = ${cacheDir}\nimage_cache_max_size = 100\n[database]\nconnection = sqlite:///glance.sqlite\nimage_cache_dir = /nowhere\n`);
-    for (const id of ['a', 'b']) {
-      fs.writeFileSync(path.join(root, id), Buffer.alloc(80));
-      assert.equal(cli(['cache-file', id, path.join(root, id), '--config-file', conf]).status, 0);
+    const dir = ['--image-cache-dir', cacheDir];
+    const node = 'http://127.0.0.1:9';
+    const cases: Array<[string[], RegExp]> = [
+      [['list-cached', ...dir], /say where the cache is: --url URL \(a running node\) or --local/],
+      [['list-cached', '--local'], /image_cache_dir is required/],
+      [['prune'], /image_cache_dir is required/],
+      [['list-queued', '--url', node, '--local', ...dir], /option '--url <URL>' cannot be used with option '--local'/],
+      [['list-cached', '--local', '--token', 'secret', ...dir], /option '--token <TOKEN>' cannot be used with option '--local'/],
+      [['list-cached', '--url', 'ftp://glance'], /--url must be an http:\/\/ or https:\/\/ URL/],
+      [['list-cached', '--local', '--no-such-flag', ...dir], /unknown option '--no-such-flag'/],
+      [['queue-image', '--local', ...dir], /missing required argument 'IMAGE_ID'/],
+      [['queue-image', '../escape', '--local', ...dir], /Invalid image ID "..\/escape"/],
+      [['delete-cached-image', '--url', node], /missing required argument 'IMAGE_ID'/],
+      [['delete-queued-image', 'a', 'b', '--local', ...dir], /too many arguments/],
+      [['delete-all-cached-images', 'a', '--local', ...dir], /too many arguments/],
+      [['clean', '--stall-time', '-1', ...dir], /--stall-time SECONDS must be a number >= 0/],
+      [['prefetch', '--local', '--timeout', '5', ...dir], /option '--timeout <SECONDS>' cannot be used with option '--local'/],
+      [['prefetch', '--url', node, '--filesystem-store-datadir', root], /cannot be used with option '--url <URL>'/],
+      [['prefetch', '--url', node, '--timeout', '0'], /--timeout must be a number of seconds > 0/],
+      [['verify', '--image-cache-max-size', 'lots', ...dir], /image_cache_max_size/],
+      [['verify', '--image-cache-driver', 'redis', ...dir], /image_cache_driver.*must be one of sqlite, xattr, centralized_db/],
+      [['list-cached', '--local', '--config-file', path.join(root, 'missing.conf')], /--config-file .*missing\.conf cannot be read/],
+    ];
+    for (const [args, message] of cases) {
+      const result = cli(args, { cwd: root });
+      assert.equal(result.status, 2, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, message, args.join(' '));
+      assert.match(result.stderr, new RegExp(`^image-cache ${args[0]}: .*\\nusage: image-cache ${args[0]} `, 's'), args.join(' '));
+      assert.equal(result.stdout, '', args.join(' '));
     }
-    const pruned = cli(['prune', '--json', '--config-file', conf]);
-    assert.equal(pruned.status, 0, pruned.stderr);
-    assert.deepEqual(JSON.parse(pruned.stdout), { total_files_pruned: 1, total_bytes_pruned: 80 });
-    const none = cli(['prune', '--json', '--config-file', conf, '--image-cache-max-size', '1000']);
-    assert.deepEqual(JSON.parse(none.stdout), { total_files_pruned: 0, total_bytes_pruned: 0 });
+    const unknown = cli(['no-such-command'], { cwd: root });
+    assert.equal(unknown.status, 2);
+    assert.match(unknown.stderr, /^image-cache: unknown command 'no-such-command'/);
+    const none = cli([], { cwd: root });
+    assert.equal(none.status, 2, 'no command is a usage error');
+    assert.match(none.stderr, /^Usage: image-cache COMMAND/);
+    assert.deepEqual(fs.readdirSync(root), [], 'no cache directory, no cache.db, no ./var');
   });
 
-  it('rejects a bad image ID with its error code, touching nothing outside the cache', (t) => {
+  it('the old command names say what replaced them (exit 2)', (t) => {
     const root = tempDir(t);
-    const result = cli(['queue', '../escape', '--image-cache-dir', path.join(root, 'cache')]);
-    assert.equal(result.status, 1);
-    assert.match(result.stderr, /ERR_INVALID_IMAGE_ID/);
-    assert.equal(fs.existsSync(path.join(root, 'escape')), false);
-  });
-
-  it('without a cache directory, or with a bad command, flag or arguments, says so, exits non-zero and creates nothing', (t) => {
-    const root = tempDir(t);
-    const cacheDir = path.join(root, 'cache');
-    const noDir = cli(['list-cached']);
-    assert.equal(noDir.status, 1);
-    assert.match(noDir.stderr, /image_cache_dir.*required/);
-    assert.equal(cli(['no-such-command']).status, 2);
-    assert.equal(cli(['list-cached', '--no-such-flag', '--image-cache-dir', cacheDir]).status, 2);
-    const noTarget = cli(['delete-cached', '--image-cache-dir', cacheDir]);
-    assert.equal(noTarget.status, 2);
-    assert.match(noTarget.stderr, /either an IMAGE_ID or --all/);
-    assert.equal(cli(['delete-queued', 'x', '--all', '--image-cache-dir', cacheDir]).status, 2);
-    assert.equal(cli(['clean', '--stall-time', '-1', '--image-cache-dir', cacheDir]).status, 2);
-    assert.equal(cli(['prefetch', '--image-cache-dir', cacheDir]).status, 2);
-    assert.equal(cli(['cache-file', 'only-an-id', '--image-cache-dir', cacheDir]).status, 2);
-    // Usage is checked before the cache is opened: no directory, no cache.db.
+    for (const [old, now] of [['queue', /queue-image IMAGE_ID/], ['delete-cached', /delete-cached-image IMAGE_ID, or delete-all-cached-images/], ['delete-queued', /delete-queued-image IMAGE_ID, or delete-all-queued-images/], ['cache-file', /import FILE/]] as const) {
+      const result = cli([old, 'x', '--all', '--image-cache-dir', path.join(root, 'cache')], { cwd: root });
+      assert.equal(result.status, 2);
+      assert.match(result.stderr, new RegExp(`^image-cache: '${old}' is now: ${now.source}`));
+    }
     assert.deepEqual(fs.readdirSync(root), []);
   });
 
-  it('verify repairs what disagrees and says what it did; clean runs it too; queue says why an image was not queued', (t) => {
-    const root = tempDir(t);
-    const cacheDir = path.join(root, 'cache');
-    const file = path.join(root, 'disk.img');
-    fs.writeFileSync(file, Buffer.alloc(100, 1));
-    assert.equal(cli(['cache-file', 'img-1', file, '--image-cache-dir', cacheDir]).status, 0);
-    fs.writeFileSync(path.join(cacheDir, 'copied-in'), Buffer.alloc(10));
-    fs.unlinkSync(path.join(cacheDir, 'img-1'));
-    const verified = cli(['verify', '--json', '--image-cache-dir', cacheDir]);
-    assert.equal(verified.status, 0, verified.stderr);
-    assert.deepEqual(JSON.parse(verified.stdout), { recordsDropped: 1, filesAdopted: 1, sizesCorrected: 0, queueMarkersDropped: 0 });
-    fs.writeFileSync(path.join(cacheDir, 'invalid', 'broken'), 'x');
-    const cleaned = cli(['clean', '--image-cache-dir', cacheDir]);
-    assert.equal(cleaned.status, 0, cleaned.stderr);
-    assert.match(cleaned.stdout, /Removed 1 invalid and 0 stalled files\.\nVerified: dropped 0 records without files, adopted 0 files without records/);
-    const queued = cli(['queue', 'copied-in', 'new-one', '--image-cache-dir', cacheDir]);
-    assert.equal(queued.status, 0, queued.stderr);
-    assert.equal(queued.stdout, 'Not queued copied-in: already cached.\nQueued new-one.\n');
+  it('every command has --help on stdout, with its synopsis, its options and the global ones', () => {
+    const synopses: Record<string, string> = {
+      serve: 'serve [--bind-host HOST]',
+      import: 'import FILE [--id ID]',
+      'list-cached': 'list-cached (--url URL [--token TOKEN] | --local) [--json]',
+      'list-queued': 'list-queued (--url URL [--token TOKEN] | --local) [--json]',
+      'queue-image': 'queue-image IMAGE_ID... (--url URL [--token TOKEN] | --local) [--json]',
+      'delete-cached-image': 'delete-cached-image IMAGE_ID (--url URL',
+      'delete-queued-image': 'delete-queued-image IMAGE_ID (--url URL',
+      'delete-all-cached-images': 'delete-all-cached-images (--url URL',
+      'delete-all-queued-images': 'delete-all-queued-images (--url URL',
+      prefetch: 'prefetch (--url URL [--token TOKEN] | --local) [--filesystem-store-datadir DIR] [--timeout SECONDS]',
+      prune: 'prune [--json]',
+      clean: 'clean [--stall-time SECONDS] [--json]',
+      verify: 'verify [--json]',
+    };
+    const list = cli(['--help']).stderr;
+    for (const [name, synopsis] of Object.entries(synopses)) {
+      const help = cli([name, '--help']);
+      assert.equal(help.status, 0, name);
+      assert.ok(help.stdout.startsWith(`Usage: image-cache ${synopsis}`), help.stdout);
+      assert.match(help.stdout, /Global Options:\n(.|\n)*--image-cache-dir <DIR>/);
+      assert.ok(list.includes(`  ${synopsis}`), `${name} in the command list`);
+    }
+    assert.match(cli(['prefetch', '--help']).stdout, /PUT \/v2\/cache\/\{id\}/);
+    assert.equal(cli(['help', 'queue-image']).stdout, cli(['queue-image', '--help']).stdout);
+    const help = cli(['help']);
+    assert.equal(help.status, 0);
+    assert.equal(help.stderr, list);
   });
 
   it('import copies a file into the local image store, without an image cache, and prints the new image\'s ID', (t) => {
@@ -199,12 +174,12 @@ describe('image-cache command line', () => {
     fs.writeFileSync(path.join(root, 'disk.img'), 'bytes');
     const before = listTree(root);
     const usageErrors: Array<[string[], RegExp]> = [
-      [[], /wrong number of arguments/],
+      [[], /missing required argument 'FILE'/],
       [[path.join(root, 'missing.img')], /cannot read .*missing\.img/],
       [[path.join(root, 'a-directory')], /not a regular file/],
       [[path.join(root, 'disk.img'), '--id', '../escape'], /not a valid image ID/],
       [[path.join(root, 'disk.img'), '--id', 'a/b'], /not a valid image ID/],
-      [[path.join(root, 'disk.img'), 'extra'], /wrong number of arguments/],
+      [[path.join(root, 'disk.img'), 'extra'], /too many arguments/],
     ];
     for (const [args, message] of usageErrors) {
       // Both the named store and the default one (./var/images) would show up in the tree.

@@ -1,0 +1,118 @@
+/**
+ * A client of a running node's cache management API (Glance's v2.14+
+ * routes, src/server/routes/cache-admin.ts). node:http rather than fetch:
+ * a connection per request, closed with it, so the command exits as soon as
+ * it is done instead of waiting out a pooled keep-alive socket.
+ */
+import http from 'node:http';
+import https from 'node:https';
+
+/** A cached image as Glance's API sends it: times are epoch seconds, size in bytes. */
+export interface WireCachedImage {
+  image_id: string;
+  hits: number;
+  last_accessed: number;
+  last_modified: number;
+  size: number;
+}
+
+/** GET /v2/cache */
+export interface WireCacheListing {
+  cached_images: WireCachedImage[];
+  queued_images: string[];
+}
+
+/** The node answered with an error status (its message is Glance's `{"message": ...}` when it sent one), or could not be reached. */
+export class RemoteError extends Error {
+  constructor(
+    readonly status: number | undefined,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'RemoteError';
+  }
+}
+
+/** How long the node may keep a request waiting for its next bytes. */
+const REQUEST_TIMEOUT_MS = 60_000;
+
+export class CacheApi {
+  private readonly base: URL;
+
+  /** `url`: the node's root (`http://host:9292`, or a prefix a proxy serves it under). */
+  constructor(
+    url: string,
+    private readonly token: string | undefined,
+  ) {
+    this.base = new URL(url.endsWith('/') ? url : `${url}/`);
+  }
+
+  get url(): string {
+    return this.base.href.replace(/\/$/, '');
+  }
+
+  async list(): Promise<WireCacheListing> {
+    const body = await this.call('GET', 'v2/cache', 200);
+    let listing: Partial<WireCacheListing>;
+    try {
+      listing = JSON.parse(body.toString('utf8')) as Partial<WireCacheListing>;
+    } catch {
+      // Something else answers at that URL (a proxy's page, another service): say so rather than print a parser's stack.
+      throw new RemoteError(200, `GET ${new URL('v2/cache', this.base).pathname}: the answer is not the cache API's JSON; is ${this.url} a cache node?`);
+    }
+    return { cached_images: listing.cached_images ?? [], queued_images: listing.queued_images ?? [] };
+  }
+
+  /** PUT /v2/cache/{id}: queued, and its fetch started (202). */
+  async queue(imageId: string): Promise<void> {
+    await this.call('PUT', `v2/cache/${encodeURIComponent(imageId)}`, 202);
+  }
+
+  /** DELETE /v2/cache/{id}: the image is gone from the cache and the queue (204). */
+  async delete(imageId: string): Promise<void> {
+    await this.call('DELETE', `v2/cache/${encodeURIComponent(imageId)}`, 204);
+  }
+
+  /** DELETE /v2/cache: every cached image, or the whole queue (204). */
+  async clear(target: 'cache' | 'queue'): Promise<void> {
+    await this.call('DELETE', 'v2/cache', 204, { 'x-image-cache-clear-target': target });
+  }
+
+  private call(method: string, path: string, expected: number, headers: Record<string, string> = {}): Promise<Buffer> {
+    const url = new URL(path, this.base);
+    const client = url.protocol === 'https:' ? https : http;
+    const allHeaders: Record<string, string> = { accept: 'application/json', ...headers };
+    if (this.token !== undefined && this.token !== '') allHeaders['x-auth-token'] = this.token;
+    return new Promise((resolve, reject) => {
+      const req = client.request(url, { method, headers: allHeaders, agent: false }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('error', reject);
+        res.on('end', () => {
+          const body = Buffer.concat(chunks);
+          const status = res.statusCode ?? 0;
+          if (status === expected) return resolve(body);
+          const reason = http.STATUS_CODES[status];
+          reject(new RemoteError(status, `${method} ${url.pathname}: ${status}${reason === undefined ? '' : ` ${reason}`}: ${errorMessage(body)}`));
+        });
+      });
+      req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new Error(`no answer in ${REQUEST_TIMEOUT_MS / 1000} s`)));
+      req.on('error', (err) => reject(new RemoteError(undefined, `cannot reach the node at ${this.url}: ${err.message}`)));
+      req.end();
+    });
+  }
+}
+
+/** Glance's error body is `{"message": ...}`; a proxy's may be anything: its first line then, shortened. */
+function errorMessage(body: Buffer): string {
+  const text = body.toString('utf8').trim();
+  try {
+    const parsed = JSON.parse(text) as { message?: unknown; error?: { message?: unknown } };
+    const message = parsed.message ?? parsed.error?.message;
+    if (typeof message === 'string') return message;
+  } catch {
+    // not JSON: fall through to the text itself
+  }
+  const firstLine = text.split('\n', 1)[0] ?? '';
+  return firstLine === '' ? '(no message)' : firstLine.slice(0, 200);
+}
