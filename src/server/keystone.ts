@@ -1,20 +1,10 @@
 import { SourceUnavailable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readBounded, Upstream, type UpstreamResponse } from '../sources/upstream.js';
+import type { KeystoneSettings } from './config.js';
 
-/** The node's own Keystone credentials, as glance-api.conf's [keystone_authtoken] has them. */
-export interface KeystoneOptions {
-  /** auth_url: Keystone's identity endpoint (`http://keystone:5000` or `.../v3`). */
-  authUrl: string;
-  username: string;
-  password: string;
-  projectName: string;
-  userDomainName: string;
-  projectDomainName: string;
-  /** token_cache_time, seconds: how long a validation is trusted (never past the token's expiry). */
-  tokenCacheSeconds: number;
-  log: Logger;
-}
+/** The node's own Keystone credentials and where Keystone is ([keystone_authtoken]), and where to log. */
+export type KeystoneOptions = KeystoneSettings & { log: Logger };
 
 /** What Keystone says of a caller's token. */
 export type TokenCheck = { valid: true; roles: string[]; expiresAt: number } | { valid: false };
@@ -23,7 +13,7 @@ export type TokenCheck = { valid: true; roles: string[]; expiresAt: number } | {
 const MAX_CACHED_TOKENS = 10_000;
 /** The node renews its own token this long before it expires. */
 const RENEW_BEFORE_MS = 120_000;
-/** Keystone answers within this, or the request fails (503 for the caller). */
+/** Keystone answers within this, or the request fails (the caller gets a 502 saying so). */
 const KEYSTONE_TIMEOUT_MS = 30_000;
 /** A token document with its catalog can be large; one past this is not Keystone's. */
 const MAX_TOKEN_DOCUMENT_BYTES = 4 * 1024 * 1024;

@@ -11,11 +11,9 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
+import { freePort, onPath, processGroup, request, signalGroup, sleep, tail } from './processes.js';
 
 /** Where Debian's glance-common puts the paste pipeline that both flavors (with and without the cache) come from. */
 const PASTE_INI = '/usr/share/glance-common/glance-api-paste.ini';
@@ -70,7 +68,7 @@ export async function startGlance(options: GlanceOptions = {}): Promise<GlancePe
 
 /** Creates a raw/bare image and uploads its bytes (a Buffer, or a file streamed from its path); resolves to its id once active. */
 export async function uploadImage(url: string, data: Buffer | string, name = 'image'): Promise<string> {
-  const created = await request(`${url}/v2/images`, 'POST', { 'Content-Type': 'application/json' }, JSON.stringify({
+  const created = await glanceRequest(`${url}/v2/images`, 'POST', { 'Content-Type': 'application/json' }, JSON.stringify({
     name,
     disk_format: 'raw',
     container_format: 'bare',
@@ -79,7 +77,7 @@ export async function uploadImage(url: string, data: Buffer | string, name = 'im
   const { id } = JSON.parse(created.body) as { id: string };
   const size = typeof data === 'string' ? fs.statSync(data).size : data.length;
   const body = typeof data === 'string' ? fs.createReadStream(data) : data;
-  const uploaded = await request(`${url}/v2/images/${id}/file`, 'PUT', {
+  const uploaded = await glanceRequest(`${url}/v2/images/${id}/file`, 'PUT', {
     'Content-Type': 'application/octet-stream',
     'Content-Length': String(size),
   }, body);
@@ -218,93 +216,14 @@ async function waitUntilServing(peer: RunningGlance): Promise<void> {
 
 async function answers(url: string): Promise<boolean> {
   try {
-    const { status } = await request(url, 'GET', {}, undefined, 2000);
+    const { status } = await glanceRequest(url, 'GET', {}, undefined, 2000);
     return status < 400;
   } catch {
     return false;
   }
 }
 
-/**
- * One request on its own connection (no agent: nothing stays open to keep
- * the process alive), with the whole answer as text.
- */
-async function request(
-  url: string,
-  method: string,
-  headers: Record<string, string>,
-  body?: string | Buffer | fs.ReadStream,
-  timeoutMs?: number,
-): Promise<{ status: number; body: string }> {
-  const req = http.request(url, { method, agent: false, timeout: timeoutMs, headers: { 'X-Auth-Token': 'x', ...headers } });
-  req.on('timeout', () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
-  const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.once('response', resolve);
-    req.once('error', reject);
-  });
-  // A server that refuses the body answers and closes mid-upload: its answer says why, the send error would not.
-  const sent = body instanceof fs.ReadStream ? pipeline(body, req).catch((err: Error) => err) : (req.end(body), Promise.resolve());
-  const res = await answered;
-  let text = '';
-  for await (const chunk of res) text += String(chunk);
-  const sendError = await sent;
-  if (sendError instanceof Error && (res.statusCode ?? 0) < 400) throw sendError;
-  return { status: res.statusCode ?? 0, body: text };
-}
-
-/** `port` (0: any) once it has been seen free on 127.0.0.1. */
-function freePort(port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', (err) => reject(new Error(`port ${port} on 127.0.0.1 is not free: ${err.message}`)));
-    server.listen(port, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** Live (not zombie) processes whose process group is `pgid`. */
-function processGroup(pgid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // exited while we looked
-    }
-    // Fields after the command name (which may hold spaces and parentheses): state ppid pgrp ...
-    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (state !== 'Z' && Number(pgrp) === pgid) pids.push(Number(entry));
-  }
-  return pids;
-}
-
-function signalGroup(pgid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pgid, signal);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-  }
-}
-
-function onPath(command: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
-    try {
-      fs.accessSync(path.join(dir, command), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-function tail(text: string, lines: number): string {
-  return text.trimEnd().split('\n').slice(-lines).join('\n');
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/** A request to Glance, with the token its noauth pipeline wants to see (any will do). */
+function glanceRequest(url: string, method: string, headers: Record<string, string>, body?: string | Buffer | fs.ReadStream, timeoutMs?: number): ReturnType<typeof request> {
+  return request(url, method, { 'X-Auth-Token': 'x', ...headers }, body, timeoutMs ?? 0);
 }

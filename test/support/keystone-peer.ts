@@ -12,10 +12,9 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort, onPath, processGroup, request, signalGroup, sleep, tail } from './processes.js';
 
 /** The WSGI entry Debian's keystone package installs, runnable as a development server. */
 const WSGI_PUBLIC = 'keystone-wsgi-public';
@@ -235,68 +234,9 @@ async function answers(url: string): Promise<boolean> {
   }
 }
 
-/**
- * One request on its own connection (no agent: nothing stays open to keep
- * the process alive; wsgiref closes it after each answer anyway), with the
- * whole answer as text.
- */
-async function request(
-  url: string,
-  method: string,
-  headers: Record<string, string>,
-  body?: string,
-  timeoutMs = 30_000,
-): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
-  const req = http.request(url, { method, agent: false, timeout: timeoutMs, headers });
-  req.on('timeout', () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
-  const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.once('response', resolve);
-    req.once('error', reject);
-  });
-  req.end(body);
-  const res = await answered;
-  let text = '';
-  for await (const chunk of res) text += String(chunk);
-  return { status: res.statusCode ?? 0, headers: res.headers, body: text };
-}
 
-/** `port` (0: any) once it has been seen free on 127.0.0.1. */
-function freePort(port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', (err) => reject(new Error(`port ${port} on 127.0.0.1 is not free: ${err.message}`)));
-    server.listen(port, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-/** Live (not zombie) processes whose process group is `pgid`. */
-function processGroup(pgid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // exited while we looked
-    }
-    // Fields after the command name (which may hold spaces and parentheses): state ppid pgrp ...
-    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (state !== 'Z' && Number(pgrp) === pgid) pids.push(Number(entry));
-  }
-  return pids;
-}
 
-function signalGroup(pgid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pgid, signal);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-  }
-}
 
 /** The last lines of every log in the root: keystone-manage's output, the server's stdout, Keystone's own logs. */
 function logTail(root: string, lines: number): string {
@@ -306,23 +246,4 @@ function logTail(root: string, lines: number): string {
     .sort()
     .map((name) => `--- ${name}\n${tail(fs.readFileSync(path.join(dir, name), 'utf8'), lines)}`)
     .join('\n');
-}
-
-function onPath(command: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
-    try {
-      fs.accessSync(path.join(dir, command), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-function tail(text: string, lines: number): string {
-  return text.trimEnd().split('\n').slice(-lines).join('\n');
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
