@@ -32,6 +32,7 @@ import { Worker } from 'node:worker_threads';
 import { startFakeGlance, type FakeGlance } from '../test/support/fake-glance.js';
 import { download, type ClientResult, type ClientShare } from './http-clients.js';
 import { startFrontNginx, startStaticNginx } from '../test/support/nginx.js';
+import { processGroup, signalGroup, sleep } from '../test/support/processes.js';
 import { glanceAvailable, startGlance, uploadImage, type GlancePeer } from '../test/support/glance-peer.js';
 
 const MiB = 1024 ** 2;
@@ -125,11 +126,10 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 interface ProcStat {
   pid: number;
   ppid: number;
-  pgrp: number;
   ticks: number;
 }
 
-/** Every live process's parent, group and CPU ticks (utime + stime). */
+/** Every live process's parent and CPU ticks (utime + stime). */
 function allProcesses(): ProcStat[] {
   const out: ProcStat[] = [];
   for (const entry of fs.readdirSync('/proc')) {
@@ -139,7 +139,7 @@ function allProcesses(): ProcStat[] {
     // After the command name (which may hold spaces and parentheses), field 3 of stat(5) is index 0.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     if (fields[0] === 'Z') continue;
-    out.push({ pid: Number(entry), ppid: Number(fields[1]), pgrp: Number(fields[2]), ticks: Number(fields[11]) + Number(fields[12]) });
+    out.push({ pid: Number(entry), ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) });
   }
   return out;
 }
@@ -150,10 +150,6 @@ function processTree(root: number): ProcStat[] {
   const tree = all.filter((p) => p.pid === root);
   for (let i = 0; i < tree.length; i++) tree.push(...all.filter((p) => p.ppid === tree[i]!.pid));
   return tree;
-}
-
-function processGroup(pgid: number): number[] {
-  return allProcesses().filter((p) => p.pgrp === pgid).map((p) => p.pid);
 }
 
 function readProc(pid: number, file: string): string | undefined {
@@ -760,14 +756,6 @@ function mkdir(parent: string, name: string): string {
   return dir;
 }
 
-function signalGroup(pgid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pgid, signal);
-  } catch {
-    // ESRCH: the group is gone already
-  }
-}
-
 /** Bytes from e.g. `1073741824`, `256MiB`, `1GiB`, `64M`. */
 function sizeFromEnv(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -793,10 +781,6 @@ function median(values: number[]): number {
 
 function round(x: number): number {
   return Number(x.toPrecision(4));
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 }
 
 main().catch((err: Error) => {

@@ -149,7 +149,11 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Im
  * oslo.config lets an option's group win over its deprecated place in [DEFAULT].
  */
 export function parseGlanceConfig(text: string): Record<string, string> {
-  const sections = parseIni(text);
+  return glanceSettings(parseIni(text));
+}
+
+/** parseGlanceConfig of sections parsed already. */
+export function glanceSettings(sections: Map<string, Record<string, string>>): Record<string, string> {
   const out = { ...(sections.get('DEFAULT') ?? {}) };
   const connection = sections.get('database')?.connection;
   if (out.database_connection === undefined && connection !== undefined) out.database_connection = connection;

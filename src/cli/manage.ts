@@ -8,7 +8,8 @@ import { action, subcommand } from './command.js';
 import { count, formatSize, formatTime, print, printJson, table } from './format.js';
 import { withManager, type CacheManager, type Outcome, type ProgressFactory } from './managers.js';
 import { startProgress } from './progress.js';
-import { RemoteError, type WireCachedImage } from './remote.js';
+import type { WireCachedImage } from '../cache/wire.js';
+import { RemoteError } from './remote.js';
 import { addTargetOptions, checkImageIds, resolveTarget, TARGET_SYNOPSIS } from './target.js';
 
 export function addManageCommands(program: Command): void {

@@ -6,9 +6,9 @@
  * the queue alike), the remote side looks first and does only what was asked.
  */
 import type { ImageCache } from '../cache/image-cache.js';
-import { cachedImageToWire } from '../cache/wire.js';
+import { cachedImageToWire, type WireCachedImage } from '../cache/wire.js';
 import type { Progress } from './progress.js';
-import type { CacheApi, WireCachedImage } from './remote.js';
+import type { CacheApi } from './remote.js';
 import { withCache } from './options.js';
 import type { Target } from './target.js';
 
@@ -43,7 +43,7 @@ const CACHED_NOT_QUEUED = 'it is cached, not queued (delete-cached-image removes
 function localManager(cache: ImageCache): CacheManager {
   return {
     async listCached() {
-      return (await cache.getCachedImages()).map((image) => cachedImageToWire(image) as unknown as WireCachedImage);
+      return (await cache.getCachedImages()).map(cachedImageToWire);
     },
     listQueued: () => cache.getQueuedImages(),
     async queueImage(imageId) {

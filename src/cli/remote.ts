@@ -6,21 +6,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-
-/** A cached image as Glance's API sends it: times are epoch seconds, size in bytes. */
-export interface WireCachedImage {
-  image_id: string;
-  hits: number;
-  last_accessed: number;
-  last_modified: number;
-  size: number;
-}
-
-/** GET /v2/cache */
-export interface WireCacheListing {
-  cached_images: WireCachedImage[];
-  queued_images: string[];
-}
+import type { WireCacheListing } from '../cache/wire.js';
 
 /** The node answered with an error status (its message is Glance's `{"message": ...}` when it sent one), or could not be reached. */
 export class RemoteError extends Error {

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { envName, optionsFromGlanceSettings, parseGlanceConfig, parseIni, resolveOptions, type ImageCacheOptions } from '../config.js';
+import { envName, glanceSettings, optionsFromGlanceSettings, parseIni, resolveOptions, type ImageCacheOptions } from '../config.js';
 import { ImageCacheError, InvalidOption } from '../errors.js';
 
 export type AuthStrategy = 'noauth' | 'keystone';
@@ -111,6 +111,7 @@ export class ConfigurationError extends ImageCacheError {
  */
 export function loadServeConfig(configFile: string | undefined, flags: Record<string, string | undefined>, env: NodeJS.ProcessEnv = process.env): ServeConfig {
   const settings = new Map<string, Setting>();
+  const keystoneSettings = new Map<string, Setting>();
   if (configFile !== undefined) {
     let text: string;
     try {
@@ -118,32 +119,29 @@ export function loadServeConfig(configFile: string | undefined, flags: Record<st
     } catch (err) {
       throw new InvalidOption('--config-file', `cannot be read: ${(err as Error).message}`);
     }
-    const fromFile = parseGlanceConfig(text);
-    for (const name of SERVE_OPTION_NAMES) {
-      if (fromFile[name] !== undefined && fromFile[name] !== '') settings.set(name, { value: fromFile[name]!, origin: `in ${configFile}` });
-    }
+    const sections = parseIni(text);
+    const fromFile = glanceSettings(sections);
+    overlay(settings, SERVE_OPTION_NAMES, (name) => fromFile[name] || undefined, () => `in ${configFile}`);
+    const keystone = sections.get('keystone_authtoken') ?? {};
+    overlay(keystoneSettings, KEYSTONE_NAMES, (name) => keystone[name] || undefined, () => `[keystone_authtoken] in ${configFile}`);
   }
-  for (const name of SERVE_OPTION_NAMES) {
-    const value = env[envName(name)];
-    if (value !== undefined && value !== '') settings.set(name, { value, origin: `environment variable ${envName(name)}` });
+  overlay(settings, SERVE_OPTION_NAMES, (name) => env[envName(name)] || undefined, (name) => `environment variable ${envName(name)}`);
+  overlay(settings, SERVE_OPTION_NAMES, (name) => flags[name.replaceAll('_', '-')], (name) => `flag --${name.replaceAll('_', '-')}`);
+  const keystoneVariable = (name: string): string => `IMAGE_CACHE_KEYSTONE_${name.toUpperCase()}`;
+  overlay(keystoneSettings, KEYSTONE_NAMES, (name) => env[keystoneVariable(name)] || undefined, (name) => `environment variable ${keystoneVariable(name)}`);
+  return { cache: cacheOptions(settings), server: serverOptions(settings, keystoneSettings) };
+}
+
+/**
+ * Sets each of `names` that `value` gives, with where it came from: later
+ * layers win. (An empty setting in a file or the environment means unset; a
+ * flag given empty is a value, and checked as one.)
+ */
+function overlay(settings: Map<string, Setting>, names: readonly string[], value: (name: string) => string | undefined, origin: (name: string) => string): void {
+  for (const name of names) {
+    const found = value(name);
+    if (found !== undefined) settings.set(name, { value: found, origin: origin(name) });
   }
-  for (const name of SERVE_OPTION_NAMES) {
-    const value = flags[name.replaceAll('_', '-')];
-    if (value !== undefined) settings.set(name, { value, origin: `flag --${name.replaceAll('_', '-')}` });
-  }
-  const keystoneSettings = new Map<string, Setting>();
-  if (configFile !== undefined) {
-    const section = parseIni(fs.readFileSync(configFile, 'utf8')).get('keystone_authtoken') ?? {};
-    for (const name of KEYSTONE_NAMES) {
-      if (section[name] !== undefined && section[name] !== '') keystoneSettings.set(name, { value: section[name]!, origin: `[keystone_authtoken] in ${configFile}` });
-    }
-  }
-  for (const name of KEYSTONE_NAMES) {
-    const variable = `IMAGE_CACHE_KEYSTONE_${name.toUpperCase()}`;
-    if (env[variable]) keystoneSettings.set(name, { value: env[variable]!, origin: `environment variable ${variable}` });
-  }
-  const server = serverOptions(settings, keystoneSettings);
-  return { cache: cacheOptions(settings), server };
 }
 
 /** The cache's options, checked now (as the cache will check them) so that a bad one is named with where it was set. */

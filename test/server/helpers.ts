@@ -5,7 +5,11 @@
  */
 import { createHash } from 'node:crypto';
 import type { TestContext } from 'node:test';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { silentLogger } from '../../src/log.js';
@@ -106,4 +110,34 @@ export async function metric(url: string, name: string): Promise<number> {
   const text = (await fetchAll(`${url}/metrics`)).body.toString();
   const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
   return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+/** The built `image-cache` command. */
+export const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
+/** The environment for the command, without the settings this machine's environment may hold. */
+export const CLEAN_ENV = { ...process.env, IMAGE_CACHE_DIR: '', IMAGE_CACHE_FILESYSTEM_STORE_DATADIR: '', IMAGE_CACHE_LOG_LEVEL: 'warn' };
+
+/** Starts `image-cache serve ARGS`, resolves with its URL once it says it is serving; stopped (SIGTERM) after the test. */
+export async function startServe(t: TestContext, args: string[], cwd: string): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, [CLI, 'serve', ...args], { cwd, env: CLEAN_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await once(child, 'exit');
+    }
+  });
+  let stdout = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      const match = /serving on (http:\/\/\S+)/.exec(stdout);
+      if (match) resolve(match[1]!);
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited with ${code} before serving: ${stderr}`)));
+  });
+  return { url, child };
 }

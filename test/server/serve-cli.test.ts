@@ -4,48 +4,19 @@
  * sharing one cache directory with one upstream fetch per image.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
 import { describe, it, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { makeTempDir, removeDir } from '../helpers.js';
 import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
-import { download, fetchAll, metric, until } from './helpers.js';
-
-const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'cli', 'main.js');
-const CLEAN_ENV = { ...process.env, IMAGE_CACHE_DIR: '', IMAGE_CACHE_FILESYSTEM_STORE_DATADIR: '', IMAGE_CACHE_LOG_LEVEL: 'warn' };
+import { CLEAN_ENV, CLI, download, fetchAll, metric, startServe, until } from './helpers.js';
 
 function tempDir(t: TestContext): string {
   const dir = makeTempDir('image-cache-serve-');
   t.after(() => removeDir(dir));
   return dir;
-}
-
-/** Starts `serve`, resolves with its URL once it says it is serving; stopped (SIGTERM) after the test. */
-async function startServe(t: TestContext, args: string[], cwd: string): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, [CLI, 'serve', ...args], { cwd, env: CLEAN_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  t.after(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await once(child, 'exit');
-    }
-  });
-  let stdout = '';
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      const match = /serving on (http:\/\/\S+)/.exec(stdout);
-      if (match) resolve(match[1]!);
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited with ${code} before serving: ${stderr}`)));
-  });
-  return { url, child };
 }
 
 function writeConfig(dir: string, lines: string[]): string {

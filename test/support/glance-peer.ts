@@ -13,13 +13,12 @@ import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, onPath, processGroup, request, signalGroup, sleep, tail } from './processes.js';
+import { freePort, onPath, PeerGroup, request, sleep, tail } from './processes.js';
 
 /** Where Debian's glance-common puts the paste pipeline that both flavors (with and without the cache) come from. */
 const PASTE_INI = '/usr/share/glance-common/glance-api-paste.ini';
 const START_TIMEOUT_MS = 60_000;
 const POLL_INTERVAL_MS = 100;
-const STOP_TIMEOUT_MS = 10_000;
 /** Glance's default image_cache_max_size. */
 const DEFAULT_CACHE_MAX_SIZE = 10 * 1024 ** 3;
 
@@ -85,30 +84,12 @@ export async function uploadImage(url: string, data: Buffer | string, name = 'im
   return id;
 }
 
-class RunningGlance implements GlancePeer {
+class RunningGlance extends PeerGroup implements GlancePeer {
   readonly log: string;
-  /** Set when glance-api itself has exited, so that waiting for it can stop early. */
-  exited: string | undefined;
-  private stopped = false;
 
-  constructor(readonly url: string, readonly root: string, readonly pgid: number) {
+  constructor(readonly url: string, root: string, pgid: number) {
+    super(root, pgid);
     this.log = path.join(root, 'log', 'api.log');
-  }
-
-  pids(): number[] {
-    return processGroup(this.pgid);
-  }
-
-  async stop(): Promise<void> {
-    if (this.stopped) return;
-    this.stopped = true;
-    signalGroup(this.pgid, 'SIGTERM');
-    if (!(await this.waitForGroupExit(STOP_TIMEOUT_MS))) {
-      signalGroup(this.pgid, 'SIGKILL');
-      await this.waitForGroupExit(STOP_TIMEOUT_MS);
-    }
-    running.delete(this);
-    fs.rmSync(this.root, { recursive: true, force: true });
   }
 
   /** The last lines of glance-api's logs, for a failure's message. */
@@ -119,25 +100,7 @@ class RunningGlance implements GlancePeer {
       .map((file) => `--- ${path.basename(file)}\n${tail(fs.readFileSync(file, 'utf8'), lines)}`)
       .join('\n');
   }
-
-  private async waitForGroupExit(timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.pids().length > 0) {
-      if (Date.now() > deadline) return false;
-      await sleep(50);
-    }
-    return true;
-  }
 }
-
-/** Peers not stopped yet: killed, and their roots removed, if this process exits first. */
-const running = new Set<RunningGlance>();
-process.on('exit', () => {
-  for (const peer of running) {
-    signalGroup(peer.pgid, 'SIGKILL');
-    fs.rmSync(peer.root, { recursive: true, force: true });
-  }
-});
 
 /** The configuration start.sh writes: loopback, no auth, file store, sqlite database, cache middleware unless 'off'. */
 function writeConfig(root: string, port: number, options: GlanceOptions): string {
@@ -196,7 +159,6 @@ function spawnApi(root: string, conf: string, url: string): RunningGlance {
   // Not keeping this process alive for it: stop() or the exit hook ends it.
   child.unref();
   const peer = new RunningGlance(url, root, child.pid);
-  running.add(peer);
   child.on('exit', (code, signal) => {
     peer.exited = `glance-api exited (${signal ?? `code ${code}`})`;
   });

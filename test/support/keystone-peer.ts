@@ -14,13 +14,12 @@ import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, onPath, processGroup, request, signalGroup, sleep, tail } from './processes.js';
+import { freePort, onPath, PeerGroup, request, sleep, tail } from './processes.js';
 
 /** The WSGI entry Debian's keystone package installs, runnable as a development server. */
 const WSGI_PUBLIC = 'keystone-wsgi-public';
 const START_TIMEOUT_MS = 60_000;
 const POLL_INTERVAL_MS = 100;
-const STOP_TIMEOUT_MS = 10_000;
 /** keystone-manage steps take ~2 s each (mostly imports); a hung one should not hold the test for ever. */
 const MANAGE_TIMEOUT_MS = 60_000;
 /** Both users' password, as the peers' README gives it. */
@@ -80,12 +79,10 @@ export async function startKeystone(options: { port?: number } = {}): Promise<Ke
   }
 }
 
-class RunningKeystone implements KeystonePeer {
-  /** Set when the server itself has exited, so that waiting for it can stop early. */
-  exited: string | undefined;
-  private stopped = false;
-
-  constructor(readonly url: string, readonly root: string, readonly pgid: number) {}
+class RunningKeystone extends PeerGroup implements KeystonePeer {
+  constructor(readonly url: string, root: string, pgid: number) {
+    super(root, pgid);
+  }
 
   async token(user: string, password: string, project: string): Promise<string> {
     const res = await request(`${this.url}/auth/tokens`, 'POST', { 'Content-Type': 'application/json' }, JSON.stringify({
@@ -106,18 +103,6 @@ class RunningKeystone implements KeystonePeer {
     const admin = await this.token('admin', PASSWORD, 'admin');
     const res = await request(`${this.url}/auth/tokens`, 'DELETE', { 'X-Auth-Token': admin, 'X-Subject-Token': token });
     if (res.status !== 204) throw new Error(`revoking a token: ${res.status} ${res.body}`);
-  }
-
-  async stop(): Promise<void> {
-    if (this.stopped) return;
-    this.stopped = true;
-    signalGroup(this.pgid, 'SIGTERM');
-    if (!(await this.waitForGroupExit(STOP_TIMEOUT_MS))) {
-      signalGroup(this.pgid, 'SIGKILL');
-      await this.waitForGroupExit(STOP_TIMEOUT_MS);
-    }
-    running.delete(this);
-    fs.rmSync(this.root, { recursive: true, force: true });
   }
 
   /** Project demo, user demo, and role member (which bootstrap created) for demo on demo, through the API as start.sh does. */
@@ -141,25 +126,7 @@ class RunningKeystone implements KeystonePeer {
   logTail(lines = 20): string {
     return logTail(this.root, lines);
   }
-
-  private async waitForGroupExit(timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (processGroup(this.pgid).length > 0) {
-      if (Date.now() > deadline) return false;
-      await sleep(50);
-    }
-    return true;
-  }
 }
-
-/** Peers not stopped yet: killed, and their roots removed, if this process exits first. */
-const running = new Set<RunningKeystone>();
-process.on('exit', () => {
-  for (const peer of running) {
-    signalGroup(peer.pgid, 'SIGKILL');
-    fs.rmSync(peer.root, { recursive: true, force: true });
-  }
-});
 
 /** The configuration start.sh writes: sqlite database, fernet tokens, key repositories and logs in the root. */
 function writeConfig(root: string): string {
@@ -206,7 +173,6 @@ function spawnServer(root: string, conf: string, url: string): RunningKeystone {
   // Not keeping this process alive for it: stop() or the exit hook ends it.
   child.unref();
   const peer = new RunningKeystone(url, root, child.pid);
-  running.add(peer);
   child.on('exit', (code, signal) => {
     peer.exited = `${WSGI_PUBLIC} exited (${signal ?? `code ${code}`})`;
   });

@@ -92,3 +92,55 @@ export function tail(text: string, lines: number): string {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** How long a peer's group gets to exit on SIGTERM, and then on SIGKILL. */
+const STOP_TIMEOUT_MS = 10_000;
+
+/**
+ * A peer server spawned in a process group of its own (its pid is the group
+ * id) with a temporary root: stop() ends the whole group (SIGTERM, then
+ * SIGKILL) and removes the root; a peer not stopped when this process exits
+ * is killed and its root removed then.
+ */
+export class PeerGroup {
+  /** Set when the server itself has exited, so that waiting for it can stop early. */
+  exited: string | undefined;
+  private stopped = false;
+
+  constructor(readonly root: string, readonly pgid: number) {
+    unstopped.add(this);
+  }
+
+  pids(): number[] {
+    return processGroup(this.pgid);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    signalGroup(this.pgid, 'SIGTERM');
+    if (!(await this.groupExited(STOP_TIMEOUT_MS))) {
+      signalGroup(this.pgid, 'SIGKILL');
+      await this.groupExited(STOP_TIMEOUT_MS);
+    }
+    unstopped.delete(this);
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+
+  private async groupExited(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.pids().length > 0) {
+      if (Date.now() > deadline) return false;
+      await sleep(50);
+    }
+    return true;
+  }
+}
+
+const unstopped = new Set<PeerGroup>();
+process.on('exit', () => {
+  for (const peer of unstopped) {
+    signalGroup(peer.pgid, 'SIGKILL');
+    fs.rmSync(peer.root, { recursive: true, force: true });
+  }
+});
