@@ -145,3 +145,27 @@ export class SourceStalled extends ImageCacheError {
     super('ERR_SOURCE_STALLED', `Image '${imageId}': the source sent nothing for ${seconds} s`);
   }
 }
+
+/**
+ * The cache's disk failed a fill's write (full, over quota, read-only, I/O
+ * error): a fault of this node, not of the image's bytes. Nothing is cached;
+ * readers of the fill may take the rest of the image from its source.
+ */
+export class CacheWriteFailed extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string, cause: Error) {
+    super('ERR_CACHE_WRITE_FAILED', `could not write image '${imageId}' to the cache: ${cause.message}`, { cause });
+    this.imageId = imageId;
+  }
+}
+
+/**
+ * The metadata store (PostgreSQL for the centralized_db driver) cannot be
+ * reached: what needs it fails with this until it is back; what only needs
+ * the files (serving a cached image) goes on.
+ */
+export class MetadataStoreUnavailable extends ImageCacheError {
+  constructor(driverName: string, cause: Error) {
+    super('ERR_METADATA_STORE_UNAVAILABLE', `the ${driverName} driver's metadata store is unavailable: ${cause.message}`, { cause });
+  }
+}

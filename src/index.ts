@@ -30,6 +30,8 @@ export {
   SourceUnavailable,
   SourceStalled,
   WrongImageLength,
+  CacheWriteFailed,
+  MetadataStoreUnavailable,
 } from './errors.js';
 export { validateImageId } from './image-id.js';
 export {
