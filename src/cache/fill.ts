@@ -1,7 +1,8 @@
 import fs from 'node:fs';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ChecksumMismatch, SourceStalled, WrongImageLength } from '../errors.js';
+import { CacheWriteFailed, ChecksumMismatch, SourceStalled, WrongImageLength } from '../errors.js';
+import { isStorageFault } from '../fs/files.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import type { ExpectedChecksum } from '../types.js';
 import { checksumRule, ChecksumVerifier, type ChecksumRule } from './checksum.js';
@@ -82,7 +83,8 @@ export class Fill implements FillProgress {
     else done = this.hashedOffThread(rule, hasher, pipeline(source, guard, this.writer));
     done.then(
       () => this.settle('committed'),
-      (err: Error) => this.settle(err),
+      // The disk's failures apart from the source's: the bytes written so far are right, and readers may take the rest from the source.
+      (err: Error) => this.settle(isStorageFault(err) ? new CacheWriteFailed(this.imageId, err) : err),
     );
   }
 

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { CacheClosed, ImageAlreadyCached, ImageBeingCached, SourceUnavailable } from '../errors.js';
+import { CacheClosed, CacheWriteFailed, ImageAlreadyCached, ImageBeingCached, SourceUnavailable } from '../errors.js';
 import { errorCode } from '../fs/files.js';
 import type { Logger } from '../log.js';
 import type { ImageMetadata, ImageSource, SourceResponse } from '../sources/source.js';
@@ -67,6 +67,16 @@ export class Fills {
   async follow(image: ImageMetadata, token: string | undefined, start: number, end: number): Promise<FollowResult> {
     const unfillable = this.unfillable(image);
     if (unfillable !== undefined) return { kind: 'bypass', reason: unfillable };
+    try {
+      return await this.followOrFill(image, token, start, end);
+    } catch (err) {
+      // The cache's disk failed before there was a byte to follow: the source serves this one whole.
+      if (err instanceof CacheWriteFailed) return { kind: 'bypass', reason: 'the cache\'s disk failed' };
+      throw err;
+    }
+  }
+
+  private async followOrFill(image: ImageMetadata, token: string | undefined, start: number, end: number): Promise<FollowResult> {
     for (let attempt = 0; attempt < FOLLOW_ATTEMPTS; attempt++) {
       const running = this.inFlight.get(image.id);
       if (running !== undefined) return this.joined(this.spanOf(running, start, end));
@@ -93,11 +103,17 @@ export class Fills {
   /** Only a follow of a fill in flight: for a range of an image nobody is filling, which is not worth a fill of its own. */
   async followIfFilling(image: ImageMetadata, start: number, end: number): Promise<FollowSpan | undefined> {
     if (this.unfillable(image) !== undefined) return undefined;
+    let span: Promise<FollowSpan> | undefined;
     const running = this.inFlight.get(image.id);
-    if (running !== undefined) return (await this.joined(this.spanOf(running, start, end))).span;
-    if (!(await this.cache.isBeingCached(image.id))) return undefined;
-    const foreign = this.followForeign(image, start, end);
-    return foreign === undefined ? undefined : (await this.joined(foreign)).span;
+    if (running !== undefined) span = this.spanOf(running, start, end);
+    else if (await this.cache.isBeingCached(image.id)) span = this.followForeign(image, start, end);
+    if (span === undefined) return undefined;
+    try {
+      return (await this.joined(span)).span;
+    } catch (err) {
+      if (err instanceof CacheWriteFailed) return undefined;
+      throw err;
+    }
   }
 
   /** Aborts the fills in flight (nothing of them is cached) and waits for them to end. */

@@ -6,7 +6,7 @@ import { CacheClosed, ClaimLost, ImageAlreadyCached, ImageBeingCached } from '..
 import type { Logger } from '../log.js';
 import { claimIncomplete, claimIntact, isAt, type Claim } from './claim.js';
 import type { DirectorySync } from './directory-sync.js';
-import { errorCode, unlinkIfExistsSync } from './files.js';
+import { errorCode, isOutOfSpace, unlinkIfExistsSync } from './files.js';
 import type { CacheIo } from './io.js';
 
 /** Where a driver keeps an image's metadata, as a commit needs it. */
@@ -107,7 +107,7 @@ export const abandonedWriterChannel = channel('image-cache:writer-abandoned');
  * readers may already be reading it.
  *
  * Destroying it, or dropping it unfinished (garbage collection), moves the
- * partial file to invalid/ and records nothing.
+ * partial file to invalid/ (removes it, when the disk is full) and records nothing.
  */
 export class CacheWriter extends Writable {
   readonly imageId: string;
@@ -176,7 +176,7 @@ export class CacheWriter extends Writable {
     // A commit under way decides the file's fate; once it has, give up what is left.
     const settled = this.committing?.catch(() => {}) ?? Promise.resolve();
     settled.then(() => {
-      if (!this.published) this.abort();
+      if (!this.published) this.abort(error);
       callback(error);
     }, callback);
   }
@@ -228,7 +228,7 @@ export class CacheWriter extends Writable {
       // new copy by other processes may legitimately follow at once.)
       io.rename(paths.incomplete, paths.active);
     } catch (err) {
-      this.abort();
+      this.abort(err);
       await attempt(() => record.abandon()).catch((abandonError: unknown) => log.error({ imageId: this.imageId, err: abandonError }, 'could not abandon the record of an image that was not published'));
       throw err;
     }
@@ -256,16 +256,23 @@ export class CacheWriter extends Writable {
     this.release();
   }
 
-  /** Gives the file up: to invalid/ if it is still ours, and the claim released. Idempotent. */
-  private abort(): void {
+  /**
+   * Gives the file up, if it is still ours: to invalid/, or removed when the
+   * disk ran out of room (`cause`). Such a file holds right bytes, so there
+   * is nothing in it to inspect, and kept in invalid/ it would keep a full
+   * disk full until the next clean. (After an I/O error it is kept: its
+   * bytes are suspect.) The claim is released.
+   * Idempotent.
+   */
+  private abort(cause?: unknown): void {
     const claim = this.claim;
     if (claim === undefined) return;
     this.claim = undefined;
     abandoned.unregister(this);
     try {
-      discard({ imageId: this.imageId, claim, paths: this.ctx.paths, io: this.ctx.io });
+      discard({ imageId: this.imageId, claim, paths: this.ctx.paths, io: this.ctx.io }, isOutOfSpace(cause) ? 'remove' : 'quarantine');
     } catch (err) {
-      this.ctx.log.error({ imageId: this.imageId, err }, 'could not move an unfinished cache file to invalid/');
+      this.ctx.log.error({ imageId: this.imageId, err }, 'could not give up an unfinished cache file');
     }
   }
 
@@ -298,10 +305,12 @@ function startRecord(metadata: CommitMetadata, size: number, now: number): Pendi
   }
 }
 
-/** Moves a claimed file to invalid/ (if it is still at its path) and releases the claim. */
-function discard({ claim, paths, io }: Held): void {
+/** Moves a claimed file to invalid/, or removes it (if it is still at its path), and releases the claim. */
+function discard({ claim, paths, io }: Held, how: 'quarantine' | 'remove' = 'quarantine'): void {
   try {
-    if (claimIntact(claim)) io.rename(paths.incomplete, paths.invalid);
+    if (!claimIntact(claim)) return;
+    if (how === 'remove') fs.unlinkSync(paths.incomplete);
+    else io.rename(paths.incomplete, paths.invalid);
   } catch (err) {
     if (errorCode(err) !== 'ENOENT') throw err;
   } finally {

@@ -5,6 +5,20 @@ export function errorCode(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null ? (err as NodeJS.ErrnoException).code : undefined;
 }
 
+/** Failures of the disk itself (full, over quota, read-only, too large a file, I/O error), as opposed to the data or the caller. */
+const STORAGE_FAULTS = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EFBIG', 'EIO']);
+
+export function isStorageFault(err: unknown): boolean {
+  return STORAGE_FAULTS.has(errorCode(err) ?? '');
+}
+
+/** The disk (or the quota) has no room for what was written. */
+const OUT_OF_SPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+export function isOutOfSpace(err: unknown): boolean {
+  return OUT_OF_SPACE.has(errorCode(err) ?? '');
+}
+
 /**
  * Names of the regular files directly in `dir`. Sub-directories (incomplete/,
  * invalid/, queue/) and anything that is not a plain file are left out.

@@ -10,6 +10,8 @@ export interface RequestNotes {
   /** Why a download was not served from the cache or a fill. */
   bypass?: string;
   coalesced?: boolean;
+  /** The byte from which a miss was served by the source, because the cache's disk failed under its fill. */
+  restFromSource?: number;
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, notes: RequestNotes) => Promise<void>;

@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { FillProgress } from '../cache/fill-progress.js';
+import { CacheWriteFailed } from '../errors.js';
 
 /**
  * Bytes of one read and one socket write: larger chunks cost less CPU per
@@ -61,6 +63,12 @@ export interface FileSpan {
   start: number;
   end: number;
   progress?: FillProgress;
+  /**
+   * Where the bytes [position, end] come from when the fill stops because the
+   * cache's disk failed (CacheWriteFailed): what is on disk was right, so the
+   * response goes on from the image's source instead of being cut.
+   */
+  rest?: (position: number) => Promise<Readable>;
 }
 
 /**
@@ -102,11 +110,39 @@ export async function sendFile(res: ServerResponse, span: FileSpan): Promise<num
     }
     if (!res.destroyed) res.end();
   } catch (err) {
-    res.destroy(err as Error);
+    if (err instanceof CacheWriteFailed && span.rest !== undefined && !res.destroyed) position += await sendRest(res, span.rest, position, span.end);
+    else res.destroy(err as Error);
   } finally {
     sending--;
   }
   return position - span.start;
+}
+
+/**
+ * Sends [position, end] from `rest` and ends the response; exactly that many
+ * bytes, or the connection is destroyed (a short or failed rest must not
+ * look whole). Resolves with the bytes handed to the socket.
+ */
+async function sendRest(res: ServerResponse, rest: (position: number) => Promise<Readable>, position: number, end: number): Promise<number> {
+  const wanted = end - position + 1;
+  let sent = 0;
+  try {
+    const body = await rest(position);
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      if (res.destroyed) {
+        body.destroy();
+        return sent;
+      }
+      if (sent + chunk.length > wanted) throw new Error(`the source sent more than the ${wanted} bytes asked for`);
+      sent += chunk.length;
+      if (!res.write(chunk)) await drainedOrClosed(res);
+    }
+    if (sent !== wanted) throw new Error(`the source sent ${sent} of the ${wanted} bytes asked for`);
+    if (!res.destroyed) res.end();
+  } catch (err) {
+    res.destroy(err as Error);
+  }
+  return sent;
 }
 
 /** The last byte that may be sent now, waiting for the fill if it has none past `position`; throws the fill's error. */

@@ -276,6 +276,20 @@ describe('CacheWriter', () => {
     assert.equal(fs.readFileSync(r.at(ID), 'utf8'), 'ok');
   });
 
+  it('an fsync that finds the disk full (ENOSPC) fails the commit and removes the partial file rather than keeping it in invalid/', async (t) => {
+    // The write itself running into a full disk is tested on a real small file system (test/server/disk-full.test.ts).
+    const r = rig(t);
+    const enospc = Object.assign(new Error('ENOSPC: no space left on device, fsync'), { code: 'ENOSPC' });
+    const writer = CacheWriter.open(r.context({ io: { ...systemIo, fsync: async () => { throw enospc; } } }));
+    writer.end(Buffer.from('bytes with no room'));
+    await assert.rejects(finished(writer), (err) => err === enospc);
+    assert.equal(fs.existsSync(r.at(ID)), false);
+    assert.deepEqual(r.events, ['record abandoned']);
+    assert.deepEqual(fs.readdirSync(r.at('invalid')), [], 'nothing kept to fill the disk');
+    assert.deepEqual(fs.readdirSync(r.at('incomplete')), []);
+    assert.equal(isHeld(r.at('incomplete', ID)), false);
+  });
+
   it('a failing publish rename fails the commit: nothing is published or recorded, the partial file goes to invalid/', async (t) => {
     const r = rig(t);
     const io: CacheIo = {

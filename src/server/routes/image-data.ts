@@ -1,4 +1,5 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Fills, FollowSpan } from '../../cache/fills.js';
 import type { ImageCache } from '../../cache/image-cache.js';
 import type { OpenImageFile } from '../../drivers/driver.js';
@@ -87,7 +88,7 @@ export function imageDataRoute(deps: ImageDataDeps) {
         notes.bypass = 'a range of an image not being filled';
         return 'bypass';
       }
-      await serveFill(res, notes, image, following, true, true);
+      await serveFill(res, notes, image, token, following, true, true);
       return 'served';
     }
     const result = await fills.follow(image, token, 0, image.size - 1);
@@ -101,7 +102,7 @@ export function imageDataRoute(deps: ImageDataDeps) {
         await relay(res, result.response);
         return 'served';
       case 'follow':
-        await serveFill(res, notes, image, result.span, false, result.coalesced);
+        await serveFill(res, notes, image, token, result.span, false, result.coalesced);
         return 'served';
     }
   }
@@ -151,12 +152,20 @@ export function imageDataRoute(deps: ImageDataDeps) {
     metrics.served('hit', hit.end - hit.start + 1);
   }
 
-  async function serveFill(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, span: FollowSpan, partial: boolean, coalesced: boolean): Promise<void> {
+  async function serveFill(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, token: string | undefined, span: FollowSpan, partial: boolean, coalesced: boolean): Promise<void> {
     notes.cache = 'miss';
     notes.coalesced = coalesced;
     res.writeHead(partial ? 206 : 200, dataHeaders(image, span.start, span.end, image.size!, partial));
+    // If the cache's disk fails under the fill, the rest comes from the source, with this caller's token.
+    const rest = async (position: number): Promise<Readable> => {
+      notes.restFromSource = position;
+      const response = await source.open(image.id, token, { start: position, end: span.end });
+      if (response.status === 206 || (response.status === 200 && position === 0)) return response.body;
+      response.body.destroy();
+      throw new Error(`the source answered ${response.status} to the rest of the image from byte ${position}`);
+    };
     try {
-      metrics.served('miss', await sendFile(res, span));
+      metrics.served('miss', await sendFile(res, { ...span, rest }));
     } finally {
       span.release();
     }
