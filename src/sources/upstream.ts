@@ -1,5 +1,6 @@
 import http, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { SourceUnavailable } from '../errors.js';
@@ -20,6 +21,45 @@ export interface UpstreamRequest {
   body?: Buffer | Readable;
   /** How long to wait for the answer's headers: upstream_timeout unless given; 0 for no limit. */
   headersTimeoutMs?: number;
+}
+
+/** Methods whose request may be sent twice with the same effect, and so be replayed on a new connection. */
+const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
+/** How a kept-alive connection that the upstream had closed fails a request sent on it. */
+const STALE_CONNECTION_CODES = new Set(['ECONNRESET', 'EPIPE']);
+/** How long an idle connection is kept when the upstream does not say (Keep-Alive: timeout=N); common servers close theirs after 5 s. */
+const IDLE_DEFAULT_MS = 4_000;
+
+/** A request failed on a reused connection before any answer (see Upstream.request). */
+class StaleConnection extends Error {}
+
+/** Each connection's idle limit, from the last answer it carried. */
+const idleLimits = new WeakMap<Socket, number>();
+
+/**
+ * A keep-alive agent whose idle connections close before the upstream closes
+ * them. keepSocketAlive (the agent's documented hook, run as a connection
+ * goes back to the pool) is where: Node's own sets the socket's timeout
+ * there, and on a timeout the agent closes an idle connection.
+ */
+function keepAliveAgent(client: typeof http | typeof https): http.Agent {
+  const agent = new client.Agent({ keepAlive: true, scheduling: 'lifo' });
+  // Typed void in @types/node; Node's returns whether the socket is kept.
+  const keep = agent.keepSocketAlive.bind(agent) as unknown as (socket: Socket) => boolean;
+  const keepWithLimit = (socket: Socket): boolean => {
+    if (!keep(socket)) return false;
+    socket.setTimeout(idleLimits.get(socket) ?? IDLE_DEFAULT_MS);
+    return true;
+  };
+  agent.keepSocketAlive = keepWithLimit as unknown as typeof agent.keepSocketAlive;
+  return agent;
+}
+
+/** The idle limit for a connection: a second under what the upstream announced, so that we close it first. */
+function idleLimitMs(keepAlive: string | undefined): number {
+  const announced = keepAlive === undefined ? undefined : /(?:^|,)\s*timeout=(\d+)/i.exec(keepAlive)?.[1];
+  if (announced === undefined) return IDLE_DEFAULT_MS;
+  return Math.max(500, Math.min(IDLE_DEFAULT_MS, Number(announced) * 1000 - 1000));
 }
 
 export interface UpstreamResponse {
@@ -47,18 +87,34 @@ export class Upstream {
     this.url = new URL(url);
     this.prefix = this.url.pathname.replace(/\/+$/, '');
     this.client = this.url.protocol === 'https:' ? https : http;
-    this.agent = new this.client.Agent({ keepAlive: true, scheduling: 'lifo' });
+    this.agent = keepAliveAgent(this.client);
   }
 
   /**
    * Sends a request; resolves with the answer once its headers are in (its
    * body streams, and fails if the upstream goes silent for upstream_timeout).
    * Rejects with SourceUnavailable when the upstream cannot be reached or does not answer.
+   *
+   * A kept-alive connection can be closed by the upstream just as a request
+   * is sent on it (its idle timeout fired): the request fails before any
+   * answer though the upstream is fine. Such a request, if it is safe to
+   * send twice (GET, HEAD, OPTIONS, without a body), is sent once more on a
+   * new connection, as browsers and undici do.
    */
-  request(request: UpstreamRequest): Promise<UpstreamResponse> {
+  async request(request: UpstreamRequest): Promise<UpstreamResponse> {
+    try {
+      return await this.send(request);
+    } catch (err) {
+      if (!(err instanceof StaleConnection)) throw err;
+      return this.send(request, true);
+    }
+  }
+
+  private send(request: UpstreamRequest, retried = false): Promise<UpstreamResponse> {
     const { timeoutMs } = this.options;
     const headersTimeoutMs = request.headersTimeoutMs ?? timeoutMs;
     const what = `${request.method} ${request.path}`;
+    const replayable = !retried && REPLAYABLE.has(request.method) && request.body === undefined;
     return new Promise((resolve, reject) => {
       const outgoing = this.client.request({
         protocol: this.url.protocol,
@@ -75,13 +131,13 @@ export class Upstream {
       outgoing.once('response', (incoming) => {
         clearTimeout(timer);
         incoming.setTimeout(timeoutMs, () => incoming.destroy(new Error(`the upstream sent nothing for ${timeoutMs / 1000} s`)));
-        // The socket goes back to the agent for the next request: without the idle limit of this one.
-        incoming.once('end', () => incoming.socket?.setTimeout(0));
+        idleLimits.set(incoming.socket, idleLimitMs(incoming.headers['keep-alive'] as string | undefined));
         resolve({ statusCode: incoming.statusCode ?? 502, headers: incoming.headers, body: incoming });
       });
       outgoing.once('error', (err) => {
         clearTimeout(timer);
-        reject(new SourceUnavailable(this.options.name ?? 'glance', `${what}: ${err.message}`, { cause: err }));
+        if (replayable && outgoing.reusedSocket && STALE_CONNECTION_CODES.has((err as NodeJS.ErrnoException).code ?? '')) reject(new StaleConnection());
+        else reject(new SourceUnavailable(this.options.name ?? 'glance', `${what}: ${err.message}`, { cause: err }));
       });
       const body = request.body;
       if (body === undefined) {
