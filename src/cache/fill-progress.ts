@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { CacheWriteFailed } from '../errors.js';
 import { writerOutcome } from '../fs/claim.js';
 
 /**
@@ -93,7 +94,11 @@ export class ForeignFillProgress implements FillProgress {
     if (state === 'published') {
       this.settled = size === this.expectedSize ? 'committed' : new FillAbandoned(this.imageId);
     } else if (state === 'abandoned') {
-      this.settled = new FillAbandoned(this.imageId);
+      // A writer removes its file (rather than quarantine it) only when the disk ran out of room:
+      // its bytes were right, and the follower may take the rest from the source, as one in its process would.
+      this.settled = fs.fstatSync(this.fd).nlink === 0
+        ? new CacheWriteFailed(this.imageId, new Error('the disk ran out of room under the fill of another process'))
+        : new FillAbandoned(this.imageId);
     } else if (Date.now() - this.lastGrowth > this.stallMs) {
       this.settled = new Error(`the fill of image '${this.imageId}' in another process wrote nothing for ${Math.round(this.stallMs / 1000)} s`);
     }

@@ -217,7 +217,11 @@ export class CacheWriter extends Writable {
     const now = nowSeconds();
     const record = startRecord(metadata, size, now);
     try {
-      await Promise.all([io.fsync(claim.fd), this.check?.()]);
+      // Both settle before either counts, and a failed check counts first: a wrong file is never
+      // reported as a disk failure (whose bytes a reader may trust).
+      const [synced, checked] = await Promise.allSettled([io.fsync(claim.fd), this.check?.()]);
+      if (checked.status === 'rejected') throw checked.reason;
+      if (synced.status === 'rejected') throw synced.reason;
       if (!claimIntact(claim)) throw new ClaimLost(this.imageId, 'was removed or replaced');
       // Only a process outside the cache can have published the image meanwhile (we hold the claim).
       if (fs.existsSync(paths.active)) throw new ImageAlreadyCached(this.imageId);

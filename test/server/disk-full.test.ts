@@ -11,7 +11,8 @@ import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
 import { freeBytes, mountSmallDisk } from '../support/small-disk.js';
-import { download, fetchAll, startTestNode } from './helpers.js';
+import { download, fetchAll, startServe, startTestNode } from './helpers.js';
+import { makeTempDir, removeDir } from '../helpers.js';
 
 const MiB = 1024 * 1024;
 const DISK = 24 * MiB;
@@ -113,5 +114,33 @@ describe('image data: the cache\'s disk fills', () => {
     assert.ok(again.ok && again.response.body.equals(data));
     assert.equal(await node.cache.isCached(image.id), true);
     await assertConsistent(node, disk, [cached.id, image.id]);
+  });
+
+  it('with workers = 2, the followers in the worker that does not own the fill also get the whole image right', async (t) => {
+    const fake = await startFakeGlance();
+    t.after(() => fake.close());
+    const disk = mountSmallDisk(t, DISK);
+    const dir = makeTempDir('image-cache-disk-full-');
+    t.after(() => removeDir(dir));
+    const config = path.join(dir, 'glance-api.conf');
+    fs.writeFileSync(config, `[DEFAULT]\nbind_port = 0\nworkers = 2\nimage_cache_dir = ${disk}\nimage_cache_max_size = ${1024 * MiB}\nupstream_url = ${fake.url}\n`);
+    const { url } = await startServe(t, ['--config-file', config], dir);
+    const first = await fake.addImage({ data: imageBytes(10 * MiB, 5) });
+    assert.equal((await download(fileUrl(url, first.id))).ok, true);
+
+    const data = imageBytes(20 * MiB, 6);
+    const image = await fake.addImage({ data });
+    const held = fake.hold(image.id);
+    // Each on a connection of its own: the workers take turns accepting them.
+    const downloads = Array.from({ length: 6 }, () => download(fileUrl(url, image.id)));
+    await held.waiting;
+    held.release();
+    for (const result of await Promise.all(downloads)) {
+      assert.ok(result.ok, `a download failed: ${result.ok ? '' : result.error.message}`);
+      assert.ok(result.response.body.equals(data), 'the exact bytes');
+    }
+    assert.deepEqual(fs.readdirSync(path.join(disk, 'incomplete')), []);
+    assert.deepEqual(fs.readdirSync(path.join(disk, 'invalid')), []);
+    assert.equal(fs.existsSync(path.join(disk, image.id)), false);
   });
 });
