@@ -23,6 +23,7 @@ const SERVER_FLAG_HELP: Record<string, string> = {
   'filesystem-store-datadir': 'the local image directory, without an upstream (default ./var/images)',
   workers: 'processes sharing the port and the cache directory (default 1)',
   'upstream-timeout': 'seconds the source may keep a request or a fill waiting (default 60)',
+  'client-header-timeout': 'seconds a client may take to send its request headers; then 408 (default 60)',
   'auth-strategy': 'noauth or keystone: whether an upstream 404 proves an image gone (default noauth)',
   'x-accel-redirect': 'with nginx in front: the internal location it serves the cache directory under',
   'upstream-token': 'the token of the fetches nobody asked for (prefetching)',

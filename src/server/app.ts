@@ -85,7 +85,15 @@ export function createServer(deps: AppDeps): http.Server {
     return localApi(req, res, path);
   }
 
-  const server = http.createServer({ requestTimeout: 0 }, (req, res) => {
+  // Uploads can take longer than any fixed request timeout (requestTimeout 0); slow clients are
+  // still bounded by client_header_timeout, the time they may take to send their headers.
+  const headersTimeout = deps.options.clientHeaderTimeout * 1000;
+  // Node enforces headersTimeout from a timer that looks at every connection once per
+  // connectionsCheckingInterval (default 30 s), so a client could outstay a short timeout by up
+  // to that much: looking four times per timeout keeps the overrun within a quarter of it, and
+  // never less often than Node's default for long timeouts.
+  const connectionsCheckingInterval = Math.min(30_000, Math.ceil(headersTimeout / 4));
+  const server = http.createServer({ requestTimeout: 0, headersTimeout, connectionsCheckingInterval }, (req, res) => {
     const started = process.hrtime.bigint();
     const notes: RequestNotes = {};
     res.once('close', () => {
@@ -100,9 +108,6 @@ export function createServer(deps: AppDeps): http.Server {
     });
     route(req, res, notes).catch((err: unknown) => failed(res, err, notes));
   });
-  // Uploads can take longer than any fixed request timeout (requestTimeout 0, above); slow
-  // clients are still bounded by the time they take to send their headers.
-  server.headersTimeout = 60_000;
   server.keepAliveTimeout = 30_000;
 
   function failed(res: ServerResponse, err: unknown, notes: RequestNotes): void {

@@ -17,6 +17,14 @@ export interface ServerOptions {
   /** Seconds a source may keep the node waiting (for its headers, or between two chunks) before the request fails. */
   upstreamTimeout: number;
   /**
+   * client_header_timeout: seconds a client may take to send a request's
+   * headers, from its first byte; then it gets 408 and its connection is
+   * closed, so clients that trickle headers cannot hold connections for ever.
+   * (Glance's client_socket_timeout is another thing: the idle time allowed
+   * between two socket reads or writes, body included.)
+   */
+  clientHeaderTimeout: number;
+  /**
    * noauth: the upstream answers for anyone, so its 404 proves an image gone
    * (and its cached copy is dropped). keystone: a 404 may only mean "not yours".
    */
@@ -66,6 +74,7 @@ export const SERVE_DEFAULTS = {
   bindPort: 9292,
   workers: 1,
   upstreamTimeout: 60,
+  clientHeaderTimeout: 60,
   authStrategy: 'noauth' as AuthStrategy,
   xAccelRedirect: undefined as string | undefined,
   upstreamToken: undefined as string | undefined,
@@ -80,7 +89,7 @@ const DEFAULT_TOKEN_CACHE_SECONDS = 300;
 
 /** The options `serve` reads, by their names in glance-api.conf. Glance's hundreds of others are ignored. */
 const SERVER_NAMES = [
-  'bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'auth_strategy', 'x_accel_redirect',
+  'bind_host', 'bind_port', 'upstream_url', 'filesystem_store_datadir', 'workers', 'upstream_timeout', 'client_header_timeout', 'auth_strategy', 'x_accel_redirect',
   'upstream_token', 'image_cache_prefetch_workers', 'image_cache_prune_interval', 'image_cache_clean_interval', 'cache_admin_role',
 ] as const;
 /** The options of [keystone_authtoken] the node reads (environment: IMAGE_CACHE_KEYSTONE_AUTH_URL, ...). */
@@ -173,6 +182,7 @@ function serverOptions(settings: Map<string, Setting>, keystoneSettings: Map<str
     filesystemStoreDatadir: path.resolve(get('filesystem_store_datadir', text, SERVE_DEFAULTS.filesystemStoreDatadir)),
     workers: Math.max(1, get('workers', integer(0, 256), SERVE_DEFAULTS.workers)),
     upstreamTimeout: get('upstream_timeout', positiveSeconds, SERVE_DEFAULTS.upstreamTimeout),
+    clientHeaderTimeout: get('client_header_timeout', integer(1, 86_400), SERVE_DEFAULTS.clientHeaderTimeout),
     authStrategy,
     xAccelRedirect: get<string | undefined>('x_accel_redirect', locationPrefix, undefined),
     upstreamToken: get<string | undefined>('upstream_token', text, undefined),

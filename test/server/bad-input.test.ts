@@ -2,22 +2,24 @@
  * Bad input never crashes the node and never reaches the file system: image
  * IDs that try to escape the cache directory (plain, percent-encoded, NUL,
  * unicode, 10 kB), malformed percent-encoding, malformed and multiple ranges,
- * oversized headers, unknown methods, bodies where none belong. After each,
- * the node still answers and its directory holds nothing unexpected.
+ * oversized headers, unknown methods, bodies where none belong, clients that
+ * trickle their headers for ever. After each, the node still answers and its
+ * directory holds nothing unexpected.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
+import type { ServerOptions } from '../../src/server/config.js';
 import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
 import { listTree } from '../helpers.js';
-import { fetchAll, startTestNode } from './helpers.js';
+import { fetchAll, sha512, startTestNode, until } from './helpers.js';
 
-async function setUp(t: TestContext) {
+async function setUp(t: TestContext, server: Partial<ServerOptions> = {}) {
   const fake = await startFakeGlance();
   t.after(() => fake.close());
-  const node = await startTestNode(t, { upstreamUrl: fake.url });
+  const node = await startTestNode(t, { upstreamUrl: fake.url, ...server });
   return { fake, ...node };
 }
 
@@ -33,6 +35,68 @@ function raw(url: string, text: string): Promise<string> {
     socket.on('close', () => resolve(answer.split('\r\n', 1)[0] ?? ''));
     socket.on('error', reject);
   });
+}
+
+/** client_header_timeout in the slow-client tests: short, so that its bound is seen within a test. */
+const HEADER_TIMEOUT_S = 1;
+/** A trickling client that the node has not cut off by then gives up itself (and the test fails). */
+const GIVE_UP_MS = 30_000;
+
+interface TrickleEnd {
+  /** False when the client gave up first: the node held the connection. */
+  closedByNode: boolean;
+  /** The node's status line, or '' if it closed without one. */
+  answer: string;
+  /** From the first byte sent to the close. */
+  ms: number;
+}
+
+/**
+ * A slowloris: a request line, then one header byte every `everyMs`, never
+ * the blank line that ends the headers. `sent` counts the bytes written so
+ * far; `closed` resolves when the connection closes.
+ */
+function trickleHeaders(url: string, everyMs = 200): { sent(): number; closed: Promise<TrickleEnd> } {
+  const { hostname, port } = new URL(url);
+  let sent = 0;
+  const closed = new Promise<TrickleEnd>((resolve) => {
+    let started = 0;
+    let answer = '';
+    let gaveUp = false;
+    let trickle: NodeJS.Timeout | undefined;
+    const write = (text: string): void => {
+      if (!socket.writable) return;
+      socket.write(text);
+      sent += text.length;
+    };
+    const socket = net.connect(Number(port), hostname, () => {
+      started = performance.now();
+      write('GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+      trickle = setInterval(() => write('a'), everyMs);
+    });
+    const giveUp = setTimeout(() => {
+      gaveUp = true;
+      socket.destroy();
+    }, GIVE_UP_MS);
+    socket.on('data', (chunk: Buffer) => {
+      answer += chunk.toString('latin1');
+    });
+    // A byte written as the node closes may fail (EPIPE, ECONNRESET): the close is what counts.
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearInterval(trickle);
+      clearTimeout(giveUp);
+      resolve({ closedByNode: !gaveUp, answer: answer.split('\r\n', 1)[0] ?? '', ms: performance.now() - started });
+    });
+  });
+  return { sent: () => sent, closed };
+}
+
+/** The node cut the trickling client off: with 408 (or a bare close), a few timeouts' time at most after its first byte. */
+function assertCutOff(end: TrickleEnd, what: string): void {
+  assert.ok(end.closedByNode, `${what}: still open after ${GIVE_UP_MS} ms`);
+  assert.match(end.answer, /^(HTTP\/1\.1 408 .*)?$/, what);
+  assert.ok(end.ms < HEADER_TIMEOUT_S * 1000 * 5, `${what}: closed after ${Math.round(end.ms)} ms, client_header_timeout is ${HEADER_TIMEOUT_S} s`);
 }
 
 /** Every file under the node's directory that is not the cache's own layout or an image it cached. */
@@ -87,6 +151,41 @@ describe('bad input', () => {
     const body = 'a body where none belongs';
     const withBody = await fetchAll(`${url}/v2/images/${image.id}/file`, { headers: { 'content-type': 'text/plain', 'content-length': String(body.length) }, body });
     assert.equal(withBody.status, 200);
+    assert.equal((await fetchAll(`${url}/healthcheck`)).status, 200);
+  });
+
+  it('cuts off a client that trickles its headers once client_header_timeout has passed, and serves others meanwhile', async (t) => {
+    const { fake, url } = await setUp(t, { clientHeaderTimeout: HEADER_TIMEOUT_S });
+    const data = imageBytes(1024 * 1024);
+    const image = await fake.addImage({ data });
+    const slow = trickleHeaders(url);
+    // The node has its connection and a few header bytes before the others ask.
+    await until(() => slow.sent() > 'GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Slow: '.length + 2, 'a few trickled bytes');
+    for (let i = 0; i < 2; i++) {
+      const response = await fetchAll(`${url}/v2/images/${image.id}/file`);
+      assert.equal(response.status, 200);
+      assert.ok(response.body.equals(data));
+    }
+    assert.equal((await fetchAll(`${url}/healthcheck`)).status, 200);
+    assertCutOff(await slow.closed, 'the trickling client');
+    assert.equal((await fetchAll(`${url}/healthcheck`)).status, 200);
+  });
+
+  it('completes a download correctly while 50 clients trickle their headers, and cuts all of them off', async (t) => {
+    const { fake, url } = await setUp(t, { clientHeaderTimeout: HEADER_TIMEOUT_S });
+    const data = imageBytes(16 * 1024 * 1024);
+    const image = await fake.addImage({ data });
+    const slow = Array.from({ length: 50 }, () => trickleHeaders(url));
+    await until(() => slow.every((client) => client.sent() > 0), 'every trickling client connected');
+    const miss = await fetchAll(`${url}/v2/images/${image.id}/file`);
+    assert.equal(miss.status, 200);
+    assert.equal(sha512(miss.body), sha512(data));
+    const hit = await fetchAll(`${url}/v2/images/${image.id}/file`);
+    assert.equal(hit.status, 200);
+    assert.equal(sha512(hit.body), sha512(data));
+    const ends = await Promise.all(slow.map((client) => client.closed));
+    ends.forEach((end, i) => assertCutOff(end, `trickling client ${i}`));
+    assert.equal(fake.fileRequests(image.id), 1);
     assert.equal((await fetchAll(`${url}/healthcheck`)).status, 200);
   });
 });

@@ -54,6 +54,22 @@ describe('loadServeConfig', () => {
     });
   });
 
+  it('reads client_header_timeout (default 60 s) and refuses a bad one, naming the option and where it was set', () => {
+    assert.equal(loadServeConfig(undefined, {}, {}).server.clientHeaderTimeout, 60);
+    withConfig(['[DEFAULT]', 'client_header_timeout = 5'], (file) => {
+      assert.equal(loadServeConfig(file, {}, {}).server.clientHeaderTimeout, 5);
+    });
+    withConfig(['[DEFAULT]', 'client_header_timeout = soon'], (file) => {
+      assert.throws(() => loadServeConfig(file, {}, {}), (err: Error) => err instanceof ConfigurationError && err.message.includes('client_header_timeout') && err.message.includes(file));
+    });
+    const refused = (flags: Record<string, string>, env: NodeJS.ProcessEnv, origin: string) =>
+      assert.throws(() => loadServeConfig(undefined, flags, env), (err: Error) => err instanceof ConfigurationError && err.message.startsWith(`client_header_timeout (${origin})`));
+    // 0 would turn the limit off; whole seconds, as Glance's IntOpt timeouts are.
+    refused({}, { IMAGE_CACHE_CLIENT_HEADER_TIMEOUT: '0' }, 'environment variable IMAGE_CACHE_CLIENT_HEADER_TIMEOUT');
+    refused({ 'client-header-timeout': '1.5' }, {}, 'flag --client-header-timeout');
+    refused({ 'client-header-timeout': '-1' }, {}, 'flag --client-header-timeout');
+  });
+
   it('lets the environment override the file and flags override both', () => {
     withConfig(['[DEFAULT]', 'bind_port = 1000'], (file) => {
       assert.equal(loadServeConfig(file, {}, {}).server.bindPort, 1000);

@@ -2,14 +2,17 @@
  * auth_strategy = keystone against Debian's real Keystone, started by the
  * test: the management API needs a valid token with the admin role (401
  * without one, 403 without the role), validations are cached no longer than
- * token_cache_time, and fetches nobody asked for use the node's own token.
+ * token_cache_time nor past the token's expiry, and fetches nobody asked for
+ * use the node's own token. On the data path the upstream (a fake Glance
+ * that validates tokens against the same Keystone) decides: cached bytes
+ * never go to a token it refuses.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import type { ServerOptions } from '../../src/server/config.js';
-import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
+import { imageBytes, startFakeGlance, type FakeGlance, type FakeGlanceOptions } from '../support/fake-glance.js';
 import { keystoneAvailable, startKeystone, type KeystonePeer } from '../support/keystone-peer.js';
-import { fetchAll, startTestNode, until, type NodeUnderTest } from './helpers.js';
+import { fetchAll, metric, startTestNode, until, type NodeUnderTest } from './helpers.js';
 
 const missing = keystoneAvailable() ? undefined : 'Debian\'s keystone is not installed (apt-get install keystone; .ci/run does)';
 if (missing !== undefined && process.env.CI) throw new Error(missing);
@@ -24,27 +27,28 @@ const ROUTES: Array<[method: string, path: string]> = [
   ['GET', '/v2/cache/nodes/some-image'],
 ];
 
+/** [token] expiration of the second Keystone: long enough for a token to be issued and used, short enough to wait for. */
+const SHORT_EXPIRATION_S = 8;
+
 describe('auth_strategy = keystone', { skip: missing }, () => {
   let keystone: KeystonePeer;
+  /** A second Keystone, whose tokens expire within a test ([token] expiration is for all of its tokens). */
+  let shortLived: KeystonePeer;
   let adminToken: string;
   let memberToken: string;
   before(async () => {
-    keystone = await startKeystone();
+    // Started side by side: most of a start is waiting on keystone-manage and the server's first answer.
+    const started = await Promise.allSettled([startKeystone(), startKeystone({ tokenExpiration: SHORT_EXPIRATION_S })]);
+    if (started[0].status === 'fulfilled') keystone = started[0].value;
+    if (started[1].status === 'fulfilled') shortLived = started[1].value;
+    for (const outcome of started) if (outcome.status === 'rejected') throw outcome.reason;
     adminToken = await keystone.token('admin', 'secret', 'admin');
     memberToken = await keystone.token('demo', 'secret', 'demo');
   });
-  after(() => keystone?.stop());
+  after(() => Promise.all([keystone?.stop(), shortLived?.stop()]));
 
-  async function setUp(t: TestContext, server: Partial<ServerOptions> = {}, tokenCacheSeconds = 300): Promise<{ fake: FakeGlance } & NodeUnderTest> {
-    const fake = await startFakeGlance();
-    t.after(() => fake.close());
-    const node = await startTestNode(t, {
-      upstreamUrl: fake.url,
-      authStrategy: 'keystone',
-      keystone: { authUrl: keystone.url, username: 'admin', password: 'secret', projectName: 'admin', userDomainName: 'Default', projectDomainName: 'Default', tokenCacheSeconds },
-      ...server,
-    });
-    return { fake, ...node };
+  function setUp(t: TestContext, server: Partial<ServerOptions> = {}, tokenCacheSeconds = 300, upstream: FakeGlanceOptions = {}): Promise<{ fake: FakeGlance } & NodeUnderTest> {
+    return startBehindKeystone(t, keystone, { server, tokenCacheSeconds, upstream });
   }
 
   it('refuses every management route without a token (401) and without the admin role (403)', async (t) => {
@@ -95,6 +99,36 @@ describe('auth_strategy = keystone', { skip: missing }, () => {
     assert.equal(JSON.parse(validated.body.toString()).token.user.name, 'admin');
   });
 
+  it('never serves cached bytes to a revoked token, however long token_cache_time; a fresh token of the same user gets the hit', async (t) => {
+    // The upstream asks Keystone about every token, as keystonemiddleware does in front of Glance.
+    const { fake, url, node } = await setUp(t, {}, 300, { validateToken: (token) => keystone.validates(token) });
+    const data = imageBytes(256 * 1024);
+    const image = await fake.addImage({ data });
+    const file = `${url}/v2/images/${image.id}/file`;
+    const token = await keystone.token('demo', 'secret', 'demo');
+    const first = await fetchAll(file, { headers: { 'x-auth-token': token } });
+    assert.equal(first.status, 200);
+    assert.ok(first.body.equals(data));
+    assert.ok(await node.cache.isCached(image.id));
+
+    await keystone.revoke(token);
+    const hitBytes = await metric(url, 'image_cache_hit_bytes_total');
+    const refused = await fetchAll(file, { headers: { 'x-auth-token': token } });
+    assert.equal(refused.status, 401);
+    assert.notEqual(refused.headers['content-type'], 'application/octet-stream');
+    assert.ok(refused.body.length < 1024 && !refused.body.includes(data.subarray(0, 16)), 'Glance\'s error page, no image byte');
+    assert.equal(await metric(url, 'image_cache_hit_bytes_total'), hitBytes, 'no byte served from the cache');
+    const asked = fake.requests.filter((r) => r.headers['x-auth-token'] === token).map((r) => r.path);
+    assert.deepEqual(asked, [`/v2/images/${image.id}`, `/v2/images/${image.id}/file`, `/v2/images/${image.id}`], 'the revoked token got no further than the metadata');
+
+    const fresh = await keystone.token('demo', 'secret', 'demo');
+    const hit = await fetchAll(file, { headers: { 'x-auth-token': fresh } });
+    assert.equal(hit.status, 200);
+    assert.ok(hit.body.equals(data));
+    assert.equal(await metric(url, 'image_cache_hit_responses_total'), 1);
+    assert.equal(fake.fileRequests(image.id), 1, 'the upstream\'s file endpoint was not asked again');
+  });
+
   it('never trusts a validation longer than token_cache_time: a revoked token is refused once that has passed', async (t) => {
     const { url } = await setUp(t, {}, 0);
     const token = await keystone.token('admin', 'secret', 'admin');
@@ -102,4 +136,34 @@ describe('auth_strategy = keystone', { skip: missing }, () => {
     await keystone.revoke(token);
     assert.equal((await fetchAll(`${url}/v2/cache`, { headers: { 'x-auth-token': token } })).status, 401);
   });
+
+  it('never trusts a validation past the token\'s expiry, whatever token_cache_time says', async (t) => {
+    const { url } = await startBehindKeystone(t, shortLived, { tokenCacheSeconds: 3600 });
+    const token = await shortLived.token('admin', 'secret', 'admin');
+    // The expiry Keystone gave it (what the node reads from the same validation).
+    const validated = await fetchAll(`${shortLived.url}/auth/tokens?nocatalog`, { headers: { 'x-auth-token': token, 'x-subject-token': token } });
+    const expiresAt = Date.parse(JSON.parse(validated.body.toString()).token.expires_at);
+    assert.equal((await fetchAll(`${url}/v2/cache`, { headers: { 'x-auth-token': token } })).status, 200);
+    assert.ok(Date.now() < expiresAt, 'the token was used before it expired');
+    // token_cache_time would keep the validation for an hour: only the expiry can end it.
+    await until(() => Date.now() > expiresAt, 'the token\'s expiry', (SHORT_EXPIRATION_S + 5) * 1000);
+    assert.equal((await fetchAll(`${url}/v2/cache`, { headers: { 'x-auth-token': token } })).status, 401);
+  });
 });
+
+/** A fake Glance (with `upstream`'s options) and a node with auth_strategy = keystone in front of it, the node's own credentials admin's. */
+async function startBehindKeystone(
+  t: TestContext,
+  keystone: KeystonePeer,
+  { server = {}, tokenCacheSeconds = 300, upstream = {} }: { server?: Partial<ServerOptions>; tokenCacheSeconds?: number; upstream?: FakeGlanceOptions },
+): Promise<{ fake: FakeGlance } & NodeUnderTest> {
+  const fake = await startFakeGlance(upstream);
+  t.after(() => fake.close());
+  const node = await startTestNode(t, {
+    upstreamUrl: fake.url,
+    authStrategy: 'keystone',
+    keystone: { authUrl: keystone.url, username: 'admin', password: 'secret', projectName: 'admin', userDomainName: 'Default', projectDomainName: 'Default', tokenCacheSeconds },
+    ...server,
+  });
+  return { fake, ...node };
+}

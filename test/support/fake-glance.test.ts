@@ -223,6 +223,28 @@ describe('fake Glance', () => {
       assert.equal(fake.metadataRequests(image.id), 3);
       assert.equal(fake.fileRequests(image.id), 2);
     });
+
+    it('with validateToken, every request\'s token is asked about, and a missing or refused one gets Glance\'s 401', async (t) => {
+      const asked: string[] = [];
+      let accepted = new Set(['good']);
+      const validateToken = async (token: string): Promise<boolean> => {
+        asked.push(token);
+        return accepted.has(token);
+      };
+      const fake = await fakeGlance(t, { validateToken });
+      const image = await fake.addImage({ data: imageBytes(KIB) });
+      for (const urlPath of [`/v2/images/${image.id}`, `/v2/images/${image.id}/file`, '/v2/images']) {
+        assert.equal((await request(fake, urlPath, { headers: { 'X-Auth-Token': 'good' } })).status, 200, urlPath);
+        assert.equal((await request(fake, urlPath, {})).status, 401, `${urlPath} without a token`);
+        const refused = await request(fake, urlPath, { headers: { 'X-Auth-Token': 'bad' } });
+        assert.equal(refused.status, 401, urlPath);
+        assert.match(refused.body.toString(), /^401 Unauthorized\n\nThis server could not verify that you are authorized/);
+      }
+      assert.deepEqual(asked, ['good', 'bad', 'good', 'bad', 'good', 'bad'], 'no token, no question');
+      // Asked on every request, nothing remembered: a token refused from now on is refused at once.
+      accepted = new Set();
+      assert.equal((await request(fake, `/v2/images/${image.id}/file`, { headers: { 'X-Auth-Token': 'good' } })).status, 401);
+    });
   });
 
   describe('downloads', () => {

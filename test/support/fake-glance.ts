@@ -58,6 +58,14 @@ export interface FakeGlanceOptions {
   port?: number;
   /** When set, a request without X-Auth-Token or with one not listed gets 401; unset: noauth. */
   validTokens?: string[];
+  /**
+   * When set, every request's X-Auth-Token is asked about here (as
+   * keystonemiddleware asks Keystone in front of Glance) and a request
+   * without one, or with one refused, gets 401: for tests whose tokens are
+   * issued, revoked and expired by a real Keystone. With validTokens too, a
+   * token must pass both. A rejection (Keystone unreachable) answers 500.
+   */
+  validateToken?: (token: string) => Promise<boolean>;
   /** A limit on file bodies for the whole server, shared by all concurrent downloads. */
   bytesPerSecond?: number;
 }
@@ -418,6 +426,7 @@ class FakeGlanceServer implements FakeGlance {
   private readonly holds = new Map<string, Hold>();
   private readonly counters = new Map<string, Counters>();
   private readonly validTokens: ReadonlySet<string> | undefined;
+  private readonly validateToken: ((token: string) => Promise<boolean>) | undefined;
   private readonly bucket: TokenBucket | undefined;
   /** Created on the first upload that spills to disk; removed on close(). */
   private spillDir: Promise<string> | undefined;
@@ -427,6 +436,7 @@ class FakeGlanceServer implements FakeGlance {
 
   constructor(options: FakeGlanceOptions) {
     this.validTokens = options.validTokens === undefined ? undefined : new Set(options.validTokens);
+    this.validateToken = options.validateToken;
     const rate = options.bytesPerSecond;
     if (rate !== undefined && !(rate > 0 && Number.isFinite(rate))) throw new RangeError(`bytesPerSecond must be positive, not ${rate}`);
     this.bucket = rate === undefined ? undefined : new TokenBucket(rate);
@@ -574,11 +584,14 @@ class FakeGlanceServer implements FakeGlance {
     sendError(res, 404);
   }
 
-  /** Answers 401 and returns false when tokens are checked and this request has no valid one. */
-  private authorized(req: IncomingMessage, res: ServerResponse): boolean {
-    if (this.validTokens === undefined) return true;
+  /** Answers 401 and resolves false when tokens are checked and this request has no valid one. */
+  private async authorized(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    if (this.validTokens === undefined && this.validateToken === undefined) return true;
     const token = req.headers['x-auth-token'];
-    if (typeof token === 'string' && this.validTokens.has(token)) return true;
+    const valid = typeof token === 'string' &&
+      (this.validTokens === undefined || this.validTokens.has(token)) &&
+      (this.validateToken === undefined || (await this.validateToken(token)));
+    if (valid) return true;
     sendError(res, 401);
     return false;
   }
@@ -614,8 +627,8 @@ class FakeGlanceServer implements FakeGlance {
     sendJson(res, 200, { versions });
   }
 
-  private list(req: IncomingMessage, res: ServerResponse): void {
-    if (!this.authorized(req, res)) return;
+  private async list(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (!(await this.authorized(req, res))) return;
     const images = [...this.images.keys()].flatMap((id) => {
       const image = this.visible(req, id);
       return image === undefined ? [] : [imageDocument(image)];
@@ -623,9 +636,9 @@ class FakeGlanceServer implements FakeGlance {
     sendJson(res, 200, { images, schema: '/v2/schemas/images', first: '/v2/images' });
   }
 
-  private show(req: IncomingMessage, res: ServerResponse, id: string): void {
+  private async show(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {
     this.count(id).metadata++;
-    if (!this.authorized(req, res)) return;
+    if (!(await this.authorized(req, res))) return;
     const fault = this.statusFault(id, 'metadata');
     if (fault !== undefined) return sendFaultStatus(res, fault);
     const image = this.visible(req, id);
@@ -634,7 +647,7 @@ class FakeGlanceServer implements FakeGlance {
   }
 
   private async create(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (!this.authorized(req, res)) return;
+    if (!(await this.authorized(req, res))) return;
     let body: Record<string, unknown>;
     try {
       body = JSON.parse((await readBody(req)).toString('utf8') || '{}') as Record<string, unknown>;
@@ -664,23 +677,23 @@ class FakeGlanceServer implements FakeGlance {
     sendJson(res, 201, imageDocument(image), { Location: `${this.url}/v2/images/${id}` });
   }
 
-  private update(req: IncomingMessage, res: ServerResponse, id: string): void {
-    if (!this.authorized(req, res)) return;
+  private async update(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {
+    if (!(await this.authorized(req, res))) return;
     const image = this.visible(req, id);
     if (image === undefined) return sendError(res, 404);
     image.updatedAt = glanceTime();
     sendJson(res, 200, imageDocument(image));
   }
 
-  private remove(req: IncomingMessage, res: ServerResponse, id: string): void {
-    if (!this.authorized(req, res)) return;
+  private async remove(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {
+    if (!(await this.authorized(req, res))) return;
     if (this.visible(req, id) === undefined) return sendError(res, 404);
     this.images.delete(id);
     res.writeHead(204).end();
   }
 
   private async upload(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {
-    if (!this.authorized(req, res)) return;
+    if (!(await this.authorized(req, res))) return;
     const image = this.visible(req, id);
     if (image === undefined) return sendError(res, 404);
     if (req.headers['content-type'] !== 'application/octet-stream') return sendError(res, 415);
@@ -724,7 +737,7 @@ class FakeGlanceServer implements FakeGlance {
       hold.held();
       await hold.released;
     }
-    if (!this.authorized(req, res)) return;
+    if (!(await this.authorized(req, res))) return;
     const fault = this.statusFault(id, 'file');
     if (fault !== undefined) return sendFaultStatus(res, fault);
     const image = this.visible(req, id);

@@ -40,6 +40,8 @@ export interface KeystonePeer {
   token(user: string, password: string, project: string): Promise<string>;
   /** Revokes a token (DELETE /v3/auth/tokens with X-Subject-Token, authorized by an admin token). */
   revoke(token: string): Promise<void>;
+  /** Whether Keystone takes the token now (GET /v3/auth/tokens with X-Subject-Token: 200, not 404), asked with an admin token. */
+  validates(token: string): Promise<boolean>;
 }
 
 /** Whether Debian's keystone can be run here: keystone-manage for the setup and the WSGI entry for the server. */
@@ -47,14 +49,20 @@ export function keystoneAvailable(): boolean {
   return onPath('keystone-manage') && onPath(WSGI_PUBLIC);
 }
 
-export async function startKeystone(options: { port?: number } = {}): Promise<KeystonePeer> {
+export interface KeystoneOptions {
+  port?: number;
+  /** [token] expiration: the lifetime of every token issued, in seconds (Keystone's default 3600). */
+  tokenExpiration?: number;
+}
+
+export async function startKeystone(options: KeystoneOptions = {}): Promise<KeystonePeer> {
   // A port already taken would have /v3 answered by whoever holds it: refuse it before starting.
   const port = await freePort(options.port ?? 0);
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'keystone-peer-'));
   const url = `http://127.0.0.1:${port}/v3`;
   let peer: RunningKeystone | undefined;
   try {
-    const conf = writeConfig(root);
+    const conf = writeConfig(root, options.tokenExpiration);
     // keystone-manage insists on an owner for the key repositories only when run as root. Root's
     // own ids then (uid 0 makes it change no ownership); none otherwise, as the user running the
     // tests need not be in /etc/passwd, where keystone-manage would look it up.
@@ -80,6 +88,9 @@ export async function startKeystone(options: { port?: number } = {}): Promise<Ke
 }
 
 class RunningKeystone extends PeerGroup implements KeystonePeer {
+  /** The admin token validates() asks with. */
+  private validator: Promise<string> | undefined;
+
   constructor(readonly url: string, root: string, pgid: number) {
     super(root, pgid);
   }
@@ -103,6 +114,23 @@ class RunningKeystone extends PeerGroup implements KeystonePeer {
     const admin = await this.token('admin', PASSWORD, 'admin');
     const res = await request(`${this.url}/auth/tokens`, 'DELETE', { 'X-Auth-Token': admin, 'X-Subject-Token': token });
     if (res.status !== 204) throw new Error(`revoking a token: ${res.status} ${res.body}`);
+  }
+
+  async validates(token: string): Promise<boolean> {
+    // The admin token is kept between calls (a fresh one each time would double Keystone's work),
+    // and fetched again once when Keystone refuses it: it may itself have been revoked by revoke().
+    let res: { status: number; body: string } | undefined;
+    for (let attempt = 0; attempt < 2 && (res === undefined || res.status === 401); attempt++) {
+      if (res !== undefined) this.validator = undefined;
+      this.validator ??= this.token('admin', PASSWORD, 'admin').catch((err: unknown) => {
+        this.validator = undefined;
+        throw err;
+      });
+      res = await request(`${this.url}/auth/tokens?nocatalog`, 'GET', { 'X-Auth-Token': await this.validator, 'X-Subject-Token': token });
+    }
+    if (res!.status === 200) return true;
+    if (res!.status === 404) return false;
+    throw new Error(`validating a token: ${res!.status} ${res!.body}`);
   }
 
   /** Project demo, user demo, and role member (which bootstrap created) for demo on demo, through the API as start.sh does. */
@@ -129,7 +157,7 @@ class RunningKeystone extends PeerGroup implements KeystonePeer {
 }
 
 /** The configuration start.sh writes: sqlite database, fernet tokens, key repositories and logs in the root. */
-function writeConfig(root: string): string {
+function writeConfig(root: string, tokenExpiration: number | undefined): string {
   for (const dir of ['fernet', 'credential', 'log']) fs.mkdirSync(path.join(root, dir));
   const conf = path.join(root, 'keystone.conf');
   // log_dir without log_file: each program logs to its own file there (keystone-manage.log, keystone-wsgi-public.log).
@@ -143,7 +171,7 @@ key_repository = ${path.join(root, 'fernet')}
 key_repository = ${path.join(root, 'credential')}
 [token]
 provider = fernet
-[identity]
+${tokenExpiration === undefined ? '' : `expiration = ${tokenExpiration}\n`}[identity]
 password_hash_rounds = ${PASSWORD_HASH_ROUNDS}
 `);
   return conf;
