@@ -1,10 +1,10 @@
 import pg from 'pg';
-import { BadDriverConfiguration, InvalidImageId } from '../errors.js';
+import { BadDriverConfiguration, InvalidImageId, MetadataStoreUnavailable } from '../errors.js';
 import type { CommitMetadata, PendingRecord } from '../fs/cache-writer.js';
 import type { Logger } from '../log.js';
 import { stillTheFileRead, type PendingAccess } from './access-batch.js';
 import { RecordStoreDriver, byId, byLastAccess, type ImageRecord } from './record-store-driver.js';
-import { isRetryablePostgresError, withRetry } from './retry.js';
+import { isPostgresConnectionFailure, isRetryablePostgresError, withRetry } from './retry.js';
 import { sqliteFileNames } from './sqlite-files.js';
 
 /**
@@ -134,6 +134,13 @@ const SQL = {
  *
  * Every write is retried when it loses a deadlock or a serialization race
  * against another node (withRetry).
+ *
+ * When PostgreSQL is out of reach (stopped, restarting, unreachable), every
+ * operation that needs it fails with MetadataStoreUnavailable (see use());
+ * what only needs the files goes on: reads of cached images, commits (the
+ * file is published, its record waits), queueing. The reads' hits are kept
+ * by the access batch, and the records the outage kept from being written
+ * are repaired from the files once it answers again (StoreRecovery).
  */
 export class CentralizedDbDriver extends RecordStoreDriver {
   readonly name = 'centralized_db' as const;
@@ -179,10 +186,16 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       allowExitOnIdle: true,
     });
     // An idle connection that breaks (server restart) is replaced on next use; without a listener it would crash the process.
-    pool.on('error', (err) => this.log.warn({ driver: this.name, err }, 'idle PostgreSQL connection failed'));
+    // A server that went away may have lost writes it had acknowledged (they do not wait for its WAL flush): repair once it is back.
+    pool.on('error', (err) => {
+      this.log.warn({ driver: this.name, err }, 'idle PostgreSQL connection failed');
+      if (isPostgresConnectionFailure(err)) this.recovery.needed();
+    });
     let client: pg.PoolClient;
     try {
       client = await pool.connect();
+      // Between two statements the connection may break; the next statement reports it.
+      client.on('error', ignore);
     } catch (err) {
       await pool.end().catch(() => {});
       throw new BadDriverConfiguration('centralized_db', `cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
@@ -197,10 +210,12 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       if (node.rows[0] === undefined) throw new Error(`node_reference has no row for ${nodeUrl} after inserting it`);
       this.nodeId = node.rows[0].node_reference_id;
     } catch (err) {
-      client.release();
+      client.off('error', ignore);
+      client.release(err as Error);
       await pool.end().catch(() => {});
       throw new BadDriverConfiguration('centralized_db', `cannot use the cache tables in ${where}: ${(err as Error).message}`, { cause: err });
     }
+    client.off('error', ignore);
     client.release();
     this.nodeUrl = nodeUrl;
     this.pool = pool;
@@ -234,24 +249,30 @@ export class CentralizedDbDriver extends RecordStoreDriver {
     // Reads of an earlier copy of this image must not count toward the new one:
     // drop those not yet sent, and let the batch in flight land first.
     this.reads.forget(imageId);
-    const staged = this.reads.settled().then(() => withRetry(async () => {
-      const client = await this.db().connect();
+    // The connection sits idle in its transaction while the file is fsynced: if it breaks
+    // then, pg reports it as an 'error' event (fatal without a listener), and COMMIT fails.
+    const staged = this.reads.settled().then(() => withRetry(() => this.use(async (pool) => {
+      const client = await pool.connect();
+      client.on('error', ignore);
       try {
         await client.query(beginRecord(client, this.nodeId, imageId, now, size));
         return client;
       } catch (err) {
         await client.query('ROLLBACK').catch(() => {});
-        client.release();
+        client.off('error', ignore);
+        client.release(); // not reused if its connection broke (the pool checks)
         throw err;
       }
-    }, isRetryablePostgresError));
+    }), isRetryablePostgresError));
     staged.catch(() => {}); // reported by commit() (or dropped by abandon())
     const finish = async (statement: 'COMMIT' | 'ROLLBACK'): Promise<void> => {
       const client = await staged;
       try {
-        await client.query(statement);
+        await this.use(() => client.query(statement));
+        client.off('error', ignore);
         client.release();
       } catch (err) {
+        client.off('error', ignore);
         client.release(err as Error); // a connection whose transaction end failed is not reused
         throw err;
       }
@@ -281,6 +302,8 @@ export class CentralizedDbDriver extends RecordStoreDriver {
     ]);
     if (updated.rowCount === sorted.length) return;
     const done = new Set(updated.rows.map((row: { image_id: string }) => row.image_id));
+    // Written: should the insert below fail, only the rest may be kept for another try.
+    for (const id of done) entries.delete(id);
     const unrecorded = sorted.filter(([id, read]) => !done.has(id) && id.length <= this.imageIdLimit && stillTheFileRead(this.getImageFilepath(id), read));
     if (unrecorded.length === 0) return;
     await this.write(SQL.insertReads, [
@@ -297,7 +320,7 @@ export class CentralizedDbDriver extends RecordStoreDriver {
     this.validate(imageId);
     if (!(await this.isCached(imageId))) return 0;
     await this.flushReads();
-    const result = await this.db().query<{ hits: number }>(SQL.hits, [this.nodeId, imageId]);
+    const result = await this.use((pool) => pool.query<{ hits: number }>(SQL.hits, [this.nodeId, imageId]));
     return result.rows[0]?.hits ?? 0;
   }
 
@@ -309,14 +332,14 @@ export class CentralizedDbDriver extends RecordStoreDriver {
    */
   override async getCachedNodes(imageId: string): Promise<string[]> {
     this.validate(imageId);
-    const result = await this.db().query<{ node_reference_id: string; node_reference_url: string }>(SQL.nodes, [imageId]);
+    const result = await this.use((pool) => pool.query<{ node_reference_id: string; node_reference_url: string }>(SQL.nodes, [imageId]));
     const urls = new Set(result.rows.filter((row) => row.node_reference_id !== this.nodeId).map((row) => row.node_reference_url));
     if (await this.isCached(imageId)) urls.add(this.nodeUrl);
     return [...urls].sort();
   }
 
   protected async loadRecords(order: 'any' | 'lru'): Promise<ImageRecord[]> {
-    const result = await this.db().query<ImageRecord>(SQL.all, [this.nodeId]);
+    const result = await this.use((pool) => pool.query<ImageRecord>(SQL.all, [this.nodeId]));
     // BIGINT arrives as a string (it may exceed 2^53); an image size does not.
     for (const row of result.rows) row.size = Number(row.size);
     // No index serves last-access order here (one on it would make every hit
@@ -348,7 +371,25 @@ export class CentralizedDbDriver extends RecordStoreDriver {
 
   /** Runs a write, again (after a jittered wait) when it lost a deadlock or serialization race. */
   private write(text: string, values: unknown[]): Promise<pg.QueryResult> {
-    return withRetry(() => this.db().query(text, values), isRetryablePostgresError);
+    return withRetry(() => this.use((pool) => pool.query(text, values)), isRetryablePostgresError);
+  }
+
+  /**
+   * Every use of PostgreSQL goes through here: a failure that says the server
+   * is out of reach (isPostgresConnectionFailure), rather than that the
+   * statement failed, becomes MetadataStoreUnavailable (the node answers 503
+   * to what needs the store), and the recovery is told, so that what the
+   * outage kept from being written is repaired once the server is back.
+   */
+  private async use<T>(operation: (pool: pg.Pool) => Promise<T>): Promise<T> {
+    const pool = this.db();
+    try {
+      return await operation(pool);
+    } catch (err) {
+      if (!isPostgresConnectionFailure(err)) throw err;
+      this.recovery.needed();
+      throw new MetadataStoreUnavailable(this.name, err as Error);
+    }
   }
 
   private db(): pg.Pool {
@@ -357,12 +398,23 @@ export class CentralizedDbDriver extends RecordStoreDriver {
   }
 }
 
+/** An 'error' listener for a connection held between statements: the next statement reports the failure. */
+function ignore(): void {}
+
 /**
  * BEGIN and the record's insert as one simple-protocol query, so that staging
  * costs one round trip instead of two (a parameterised statement cannot share
  * a query with BEGIN). The values are literals made safe here: the node ID is
  * the database's own bigint, the image ID is a validated ID (and escaped all
  * the same), time and size are finite numbers.
+ *
+ * A row already there is replaced, hits and all, when it is an earlier
+ * copy's (left by a delete whose record removal failed). But it may be this
+ * copy's own: the file is published without waiting for the record to be
+ * staged, and reads of it that land first make its row (insertReads). Those
+ * reads closed after the commit began (`now`), an earlier copy's before it
+ * (its file was gone before this one could be claimed), so a row accessed
+ * after `now` keeps its hits and last access.
  */
 function beginRecord(client: pg.PoolClient, nodeId: string, imageId: string, now: number, size: number): string {
   if (!/^\d+$/.test(nodeId) || !Number.isFinite(now) || !Number.isSafeInteger(size)) {
@@ -373,7 +425,8 @@ function beginRecord(client: pg.PoolClient, nodeId: string, imageId: string, now
     INSERT INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum, node_reference_id)
     VALUES (${client.escapeLiteral(imageId)}, ${at}, ${at}, ${size}, 0, NULL, ${nodeId})
     ON CONFLICT (image_id, node_reference_id) DO UPDATE
-    SET last_accessed = EXCLUDED.last_accessed, last_modified = EXCLUDED.last_modified, size = EXCLUDED.size, hits = 0, checksum = NULL`;
+    SET last_accessed = GREATEST(cached_images.last_accessed, EXCLUDED.last_accessed), last_modified = EXCLUDED.last_modified, size = EXCLUDED.size,
+        hits = CASE WHEN cached_images.last_accessed > EXCLUDED.last_modified THEN cached_images.hits ELSE 0 END, checksum = NULL`;
 }
 
 /**

@@ -15,6 +15,7 @@ import { isValidImageId, validateImageId } from '../image-id.js';
 import { createLogger, type Logger } from '../log.js';
 import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, VerifyResult } from '../types.js';
 import { AccessBatch, type PendingAccess } from './access-batch.js';
+import { StoreRecovery } from './store-recovery.js';
 
 /** A stream of an active cache file (or a byte range of it). */
 export interface CacheReadStream extends Readable {
@@ -67,6 +68,8 @@ export abstract class Driver {
   protected baseDir = '';
   /** Reads not yet written to the metadata store; every query of the driver flushes it first. */
   protected readonly reads: AccessBatch;
+  /** Repairs the metadata once a store that was found unavailable answers again (a driver whose store can be unavailable calls needed()). */
+  protected recovery: StoreRecovery;
   private dirSync: DirectorySync | undefined;
   private commits = new CommitTracker();
   private configured = false;
@@ -76,6 +79,7 @@ export abstract class Driver {
     this.log = options.logger ?? createLogger();
     this.io = options.io ?? systemIo;
     this.reads = new AccessBatch((entries) => this.writeReads(entries), this.log, () => this.name);
+    this.recovery = this.newRecovery();
   }
 
   // ---- what each driver provides -------------------------------------------------
@@ -90,6 +94,7 @@ export abstract class Driver {
   /**
    * hits += n and last access moved forward, for each image; an image read
    * without a record (an adopted Glance directory) gets one, if its file is still there.
+   * A write that fails part-way deletes from `entries` what it wrote (see WriteAccesses).
    */
   protected abstract writeReads(entries: Map<string, PendingAccess>): Promise<void> | void;
   /** Brings the metadata into agreement with the files, counting each fix. */
@@ -142,21 +147,29 @@ export abstract class Driver {
     }
     this.dirSync = dirSync;
     this.commits = new CommitTracker();
+    this.recovery = this.newRecovery();
     this.configured = true;
   }
 
   /**
    * Waits for the commits in flight (nothing is published after this is
-   * called), writes the reads recorded so far, and lets go of the store.
+   * called), writes the reads recorded so far, and lets go of the store
+   * (with it unavailable, what it missed is left to verify()).
    */
   async close(): Promise<void> {
     if (!this.configured) return;
     this.configured = false;
     await this.commits.close();
     await this.reads.flush();
+    this.reads.close();
+    await this.recovery.close();
     await this.closeMetadataStore();
     await this.dirSync?.close();
     this.dirSync = undefined;
+  }
+
+  private newRecovery(): StoreRecovery {
+    return new StoreRecovery(() => this.repairMetadata(), this.log, () => this.name);
   }
 
   // ---- paths -----------------------------------------------------------------------

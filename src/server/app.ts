@@ -4,7 +4,7 @@ import type { ImageCache } from '../cache/image-cache.js';
 import type { Maintenance } from '../cache/maintenance.js';
 import type { Prefetcher } from '../cache/prefetcher.js';
 import { FillAbandoned } from '../cache/fill-progress.js';
-import { ChecksumMismatch, ImageCacheError, SourceStalled, SourceUnavailable, WrongImageLength } from '../errors.js';
+import { ChecksumMismatch, ImageCacheError, MetadataStoreUnavailable, SourceStalled, SourceUnavailable, WrongImageLength } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Upstream } from '../sources/upstream.js';
 import type { ImageSource } from '../sources/source.js';
@@ -117,6 +117,14 @@ export function createServer(deps: AppDeps): http.Server {
     }
     if (err instanceof URIError) {
       sendError(res, 400, 'The image ID in the path is not valid percent-encoding');
+      return;
+    }
+    // The database behind the centralized_db driver is down or restarting: what needs its records
+    // (listings, deletes, prune) waits for it, while cached and upstream bytes are still served.
+    // A restart takes seconds, so clients are asked to come back after a few (Retry-After: 5) rather than at once.
+    if (err instanceof MetadataStoreUnavailable) {
+      log.warn({ err, ...notes }, 'metadata store unavailable');
+      sendError(res, 503, `Service unavailable: ${err.message}`, { 'retry-after': '5' });
       return;
     }
     const status = isSourceFailure(err) ? 502 : 500;

@@ -1,6 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { ImageCache } from '../cache/image-cache.js';
 import type { FillsOptions } from '../cache/fills.js';
+import { MetadataStoreUnavailable } from '../errors.js';
 
 /** How a GET of image data was served: the label operators know from nginx's $upstream_cache_status. */
 export type CacheStatusLabel = 'hit' | 'miss' | 'bypass';
@@ -47,7 +48,13 @@ export class NodeMetrics {
       registers: [registry],
       aggregator: 'max', // every worker sees the same directory
       async collect() {
-        this.set(await cache.getCacheSize());
+        try {
+          this.set(await cache.getCacheSize());
+        } catch (err) {
+          // Sizes come from the records: while their store is down the last value stands, and the
+          // other metrics are still served (an outage is when they are wanted most).
+          if (!(err instanceof MetadataStoreUnavailable)) throw err;
+        }
       },
     });
     new Gauge({

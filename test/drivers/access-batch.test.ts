@@ -1,9 +1,10 @@
 /** AccessBatch: reads written in batches, one write at a time, and a flush that finishes under any load. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AccessBatch, type PendingAccess } from '../../src/drivers/access-batch.js';
+import { AccessBatch, MAX_KEPT_IMAGES, type PendingAccess } from '../../src/drivers/access-batch.js';
+import { MetadataStoreUnavailable } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
-import { deferred } from '../helpers.js';
+import { deferred, waitUntil } from '../helpers.js';
 
 type Batch = Record<string, PendingAccess>;
 
@@ -130,5 +131,115 @@ describe('AccessBatch', () => {
     const r = recorder();
     await r.batch.flush();
     assert.equal(r.writes.length, 0);
+  });
+});
+
+describe('AccessBatch while the metadata store is unavailable', () => {
+  /** A batch whose writes fail with MetadataStoreUnavailable while `down`; `partly` makes a failing write take the first image first. */
+  function store() {
+    const state = { down: true, partly: false, gate: undefined as Promise<void> | undefined };
+    const written: Batch = {};
+    const attempts: string[][] = [];
+    const logged: Array<{ level: string; message: string; fields: Record<string, unknown> }> = [];
+    const entry = (level: string) => (fields: Record<string, unknown>, message: string) => logged.push({ level, message, fields });
+    const log: Logger = { debug: entry('debug'), info: entry('info'), warn: entry('warn'), error: entry('error') };
+    const take = (id: string, access: PendingAccess): void => {
+      const before = written[id];
+      written[id] = before === undefined ? { ...access } : { ...access, hits: before.hits + access.hits };
+    };
+    const batch = new AccessBatch(async (entries) => {
+      attempts.push([...entries.keys()]);
+      await state.gate;
+      if (state.down) {
+        const first = [...entries][0];
+        if (state.partly && first !== undefined) {
+          take(...first);
+          entries.delete(first[0]);
+        }
+        throw new MetadataStoreUnavailable('test', Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }));
+      }
+      for (const [id, access] of entries) take(id, access);
+    }, log, () => 'test');
+    return { state, written, attempts, logged, batch };
+  }
+
+  it('keeps the reads of a write the store could not take, merged with newer ones, and writes them on its own once the store answers', async () => {
+    const s = store();
+    s.batch.add('a', { at: 10, ino: 1, size: 100, lastModified: 1 });
+    s.batch.add('b', read(11));
+    await s.batch.flush();
+    assert.deepEqual(s.written, {}, 'nothing was written');
+    assert.ok(s.logged.some((l) => l.level === 'warn' && l.message === 'could not record image reads; keeping them for later'));
+    // While the store is down, new reads wait for the retry timer instead of each trying the store.
+    const tries = s.attempts.length;
+    s.batch.add('a', { at: 30, ino: 2, size: 200, lastModified: 2 });
+    await turn();
+    await s.batch.settled();
+    assert.equal(s.attempts.length, tries, 'a read tried the store before the retry');
+    s.state.down = false;
+    await waitUntil(() => s.written.a !== undefined, 5_000);
+    await s.batch.settled();
+    assert.deepEqual(s.written, {
+      a: { hits: 2, lastAccessed: 30, ino: 2, size: 200, lastModified: 2 },
+      b: { hits: 1, lastAccessed: 11, ino: 7, size: 100, lastModified: 1 },
+    });
+    // Recovered: reads are written as they come again.
+    s.batch.add('c', read(40));
+    await turn();
+    await s.batch.settled();
+    assert.equal((s.written as Batch)['c']?.hits, 1);
+  });
+
+  it('a write that failed part-way keeps only the reads it did not write', async () => {
+    const s = store();
+    s.state.partly = true;
+    s.batch.add('a', read(1));
+    s.batch.add('b', read(2));
+    await s.batch.flush();
+    s.state.down = false;
+    await s.batch.flush();
+    assert.equal(s.written.a?.hits, 1, 'the written read was written again');
+    assert.equal(s.written.b?.hits, 1);
+  });
+
+  it('does not keep the reads of an image forgotten while the failing write ran (its record is being replaced)', async () => {
+    const s = store();
+    const gate = deferred();
+    s.state.gate = gate.promise;
+    s.batch.add('a', read(1));
+    s.batch.add('b', read(2));
+    const flushing = s.batch.flush();
+    s.batch.forget('a');
+    gate.resolve();
+    await flushing;
+    s.state.down = false;
+    await s.batch.flush();
+    assert.deepEqual(Object.keys(s.written), ['b']);
+  });
+
+  it(`keeps the reads of at most ${MAX_KEPT_IMAGES} images, and says how many reads it dropped`, async () => {
+    const s = store();
+    for (let i = 0; i < MAX_KEPT_IMAGES + 3; i++) s.batch.add(`image-${i}`, read(i));
+    s.batch.add('image-0', read(1));
+    await s.batch.flush();
+    const error = s.logged.find((l) => l.level === 'error');
+    assert.equal(error?.fields.dropped, 3);
+    s.state.down = false;
+    await s.batch.flush();
+    assert.equal(Object.keys(s.written).length, MAX_KEPT_IMAGES);
+    assert.equal(s.written['image-0']?.hits, 2);
+  });
+
+  it('close() gives the kept reads up and says how many', async () => {
+    const s = store();
+    s.batch.add('a', read(1));
+    await s.batch.flush();
+    s.batch.close();
+    assert.ok(s.logged.some((l) => l.level === 'warn' && /closing with image reads/.test(l.message) && l.fields.hits === 1));
+    const tries = s.attempts.length;
+    s.state.down = false;
+    await s.batch.flush();
+    assert.equal(s.attempts.length, tries, 'a read kept before close() was tried again');
+    assert.deepEqual(s.written, {});
   });
 });

@@ -451,6 +451,27 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       assert.deepEqual(await rowsOf(urlOf(cache)), [{ image_id: UUID, hits: 2 }]);
     });
 
+    it('a commit\'s record keeps the hits of reads of its own copy that landed first (the file is published before the record), and resets an earlier copy\'s leftover row', async (t) => {
+      const { open } = fixture(t);
+      const cache = await open('record-race');
+      const nodeId = (await db.query<{ node_reference_id: string }>('SELECT node_reference_id FROM node_reference WHERE node_reference_url = $1', [urlOf(cache)]))[0]!.node_reference_id;
+      // A row as the reads' insert makes it (or a delete whose record removal failed leaves it), accessed `offset` seconds from now.
+      const rowAccessed = (imageId: string, hits: number, offset: number) => db.query(
+        `INSERT INTO cached_images (image_id, last_accessed, last_modified, size, hits, checksum, node_reference_id)
+         VALUES ($1, to_timestamp($2::float8) AT TIME ZONE 'UTC', to_timestamp($2::float8) AT TIME ZONE 'UTC', 1, $3, NULL, $4)`,
+        [imageId, Date.now() / 1000 + offset, hits, nodeId],
+      );
+      for (const [imageId, hits, offset] of [['own-reads', 3, 60], ['earlier-copy', 5, -3600]] as const) {
+        const writer = await cache.openForWrite(imageId);
+        // Rows that are there by the time the commit's record lands: reads after the commit began, or long before it.
+        await rowAccessed(imageId, hits, offset);
+        writer.end(FIXTURE_DATA);
+        await waitForClose(writer);
+      }
+      assert.deepEqual(await rowsOf(urlOf(cache)), [{ image_id: 'earlier-copy', hits: 0 }, { image_id: 'own-reads', hits: 3 }]);
+      assert.deepEqual((await cache.getCachedImages()).map((i) => [i.imageId, i.size]), [['earlier-copy', 1024], ['own-reads', 1024]]);
+    });
+
     it('a query returns under a steady stream of reads: flushing waits only for the reads recorded before it', async (t) => {
       const { open } = fixture(t);
       const cache = await open('busy-node');

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DEFAULT_RETRY, POSTGRES_RETRYABLE, isRetryablePostgresError, withRetry, type RetryPolicy } from '../../src/drivers/retry.js';
+import { DEFAULT_RETRY, POSTGRES_RETRYABLE, isPostgresConnectionFailure, isRetryablePostgresError, withRetry, type RetryPolicy } from '../../src/drivers/retry.js';
 import { deferred } from '../helpers.js';
 
 /** An error as pg reports a server error: an Error with the SQLSTATE in `code`. */
@@ -164,5 +164,24 @@ describe('isRetryablePostgresError', () => {
     for (const value of [null, undefined, '40P01', 40001, true, Symbol('40P01')]) {
       assert.equal(isRetryablePostgresError(value), false, String(value));
     }
+  });
+});
+
+describe('isPostgresConnectionFailure', () => {
+  it('is true for the failures of a server out of reach: refused, reset, shut down, starting up, full, class 08, and pg\'s broken-connection messages', () => {
+    for (const code of ['57P01', '57P02', '57P03', '53300', '08000', '08003', '08006', '08001', '08P01', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND']) {
+      assert.equal(isPostgresConnectionFailure(pgError(code)), true, code);
+    }
+    for (const message of ['Connection terminated unexpectedly', 'Connection terminated due to connection timeout', 'Connection terminated', 'timeout exceeded when trying to connect', 'Client has encountered a connection error and is not queryable']) {
+      assert.equal(isPostgresConnectionFailure(new Error(message)), true, message);
+    }
+  });
+
+  it('is false for a statement\'s own failures (they would fail again on a healthy server) and for anything that is not an error object', () => {
+    for (const code of ['40P01', '40001', '23505', '42P01', '42501', '28P01', '3D000', '57014', '22001', '']) {
+      assert.equal(isPostgresConnectionFailure(pgError(code)), false, code);
+    }
+    assert.equal(isPostgresConnectionFailure(new Error('Cannot use a pool after calling end on the pool')), false);
+    for (const value of [null, undefined, 'ECONNREFUSED', 57, {}]) assert.equal(isPostgresConnectionFailure(value), false, String(value));
   });
 });
