@@ -242,7 +242,7 @@ export class CacheWriter extends Writable {
     abandoned.unregister(this);
     const [synced, recorded] = await Promise.allSettled([directory.sync(), attempt(() => record.commit())]);
     if (synced.status === 'rejected') log.error({ imageId: this.imageId, err: synced.reason }, 'could not fsync the cache directory after publishing an image; it may not survive a power failure');
-    if (recorded.status === 'rejected') log.error({ imageId: this.imageId, err: recorded.reason }, 'could not record a cached image; it is recorded from its file when the store is back (or by verify())');
+    if (recorded.status === 'rejected') log.error({ imageId: this.imageId, err: recorded.reason }, 'could not record a cached image; verify() will record it from its file');
     // A delete (or prune) in another process may have come between the publish and the record:
     // then the record describes a copy that is gone, and must go too.
     else if (!isAt(paths.active, claim)) {
