@@ -142,10 +142,11 @@ describe('bad input', () => {
     assert.equal((await fetchAll(`${url}/v2/images/${image.id}/file`, { headers: { range: 'bytes=1000-' } })).status, 416);
   });
 
-  it('refuses oversized headers and unknown methods, takes bodies where none belong, and keeps serving', async (t) => {
+  it('refuses oversized headers and URLs and unknown methods, takes bodies where none belong, and keeps serving', async (t) => {
     const { fake, url } = await setUp(t);
     const image = await fake.addImage({ data: imageBytes(1000) });
     assert.match(await raw(url, `GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(64 * 1024)}\r\n\r\n`), /^HTTP\/1\.1 431/);
+    assert.match(await raw(url, `GET /v2/images/${'a'.repeat(64 * 1024)}/file HTTP/1.1\r\nHost: x\r\n\r\n`), /^HTTP\/1\.1 431/, 'an oversized URL');
     assert.match(await raw(url, 'BREW /v2/images HTTP/1.1\r\nHost: x\r\n\r\n'), /^HTTP\/1\.1 400/);
     assert.match(await raw(url, 'GARBAGE\r\n\r\n'), /^HTTP\/1\.1 400/);
     const body = 'a body where none belongs';
