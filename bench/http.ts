@@ -31,6 +31,9 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { startFakeGlance, type FakeGlance } from '../test/support/fake-glance.js';
 import { download, type ClientResult, type ClientShare } from './http-clients.js';
+import { CLK_TCK, procStat, readProc, type ProcStat } from './proc.js';
+import { numberFromEnv, sizeFromEnv } from './settings.js';
+import { BenchRun, quotient } from './report.js';
 import { startFrontNginx, startStaticNginx } from '../test/support/nginx.js';
 import { processGroup, signalGroup, sleep } from '../test/support/processes.js';
 import { glanceAvailable, startGlance, uploadImage, type GlancePeer } from '../test/support/glance-peer.js';
@@ -53,93 +56,25 @@ const config = {
   parts: (process.env.BENCH_PARTS ?? 'a,b,c,e').split(',').map((part) => part.trim()).filter(Boolean),
   upstreamBytesPerSecond: numberFromEnv('BENCH_UPSTREAM_BPS', 200e6),
 };
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 
 // ---------------------------------------------------------------- report
 
-type Figure = number | string | null;
-const rows: Array<[part: string, subject: string, metric: string, value: Figure]> = [];
-const report: Record<string, Record<string, Figure>> = {};
-
-/** One figure, in the table and in the JSON line (as report[part][`${subject}.${metric}`]). */
-function record(part: string, subject: string, metric: string, value: Figure): void {
-  const rounded = typeof value === 'number' ? round(value) : value;
-  rows.push([part, subject, metric, rounded]);
-  (report[part] ??= {})[`${subject}.${metric}`] = rounded;
-  progress(`${part} ${subject} ${metric}: ${rounded}`);
-}
+const { record, progress, printReport, cleanup, cleanups } = new BenchRun('bench:http', config, true);
 
 /** a / b, or null when either side is missing (the node did not run, a peer failed). */
 function ratio(part: string, name: string, a: number | undefined, b: number | undefined): void {
-  record(part, 'ratio', name, a === undefined || b === undefined || b === 0 ? null : a / b);
-}
-
-let printed = false;
-
-/** The table, then the JSON line; once, whether the run ends, fails or is interrupted. */
-function printReport(): void {
-  if (printed) return;
-  printed = true;
-  const table = [['part', 'subject', 'metric', 'value'], ...rows];
-  const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => String(row[i]).length)));
-  for (const row of table) {
-    process.stdout.write(`${row.slice(0, 3).map((cell, i) => String(cell).padEnd(widths[i]!)).join('  ')}  ${row[3]}\n`);
-  }
-  process.stdout.write(`${JSON.stringify({ config, ...report })}\n`);
-}
-
-function progress(line: string): void {
-  process.stderr.write(`bench:http: ${line}\n`);
-}
-
-// ---------------------------------------------------------------- cleanup
-
-/** Undo steps, run last-in first-out once: at the end, on an error, on SIGINT/SIGTERM. */
-const cleanups: Array<() => Promise<void> | void> = [];
-let cleaning: Promise<void> | undefined;
-
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const step of cleanups.reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        progress(`cleanup: ${(err as Error).message}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping the servers`);
-    void cleanup().then(() => {
-      printReport(); // what was measured until then
-      process.exit(130);
-    });
-  });
+  record(part, 'ratio', name, quotient(a, b));
 }
 
 // ---------------------------------------------------------------- /proc
-
-interface ProcStat {
-  pid: number;
-  ppid: number;
-  ticks: number;
-}
 
 /** Every live process's parent and CPU ticks (utime + stime). */
 function allProcesses(): ProcStat[] {
   const out: ProcStat[] = [];
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    const stat = readProc(Number(entry), 'stat');
-    if (stat === undefined) continue;
-    // After the command name (which may hold spaces and parentheses), field 3 of stat(5) is index 0.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (fields[0] === 'Z') continue;
-    out.push({ pid: Number(entry), ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) });
+    const stat = procStat(Number(entry));
+    if (stat !== undefined && stat.state !== 'Z') out.push(stat);
   }
   return out;
 }
@@ -150,14 +85,6 @@ function processTree(root: number): ProcStat[] {
   const tree = all.filter((p) => p.pid === root);
   for (let i = 0; i < tree.length; i++) tree.push(...all.filter((p) => p.ppid === tree[i]!.pid));
   return tree;
-}
-
-function readProc(pid: number, file: string): string | undefined {
-  try {
-    return fs.readFileSync(`/proc/${pid}/${file}`, 'utf8');
-  } catch {
-    return undefined; // exited while we looked
-  }
 }
 
 /** CPU seconds (user + system) used so far by the live processes of a server. */
@@ -756,32 +683,12 @@ function mkdir(parent: string, name: string): string {
   return dir;
 }
 
-/** Bytes from e.g. `1073741824`, `256MiB`, `1GiB`, `64M`. */
-function sizeFromEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const match = raw.trim().match(/^(\d+)\s*([kmg]?)(i?b)?$/i);
-  if (!match) throw new Error(`${name}=${raw}: expected bytes, optionally with KiB, MiB or GiB`);
-  return Number(match[1]) * 1024 ** ' kmg'.indexOf((match[2] || ' ').toLowerCase());
-}
-
-function numberFromEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name}=${raw}: expected a non-negative number`);
-  return value;
-}
-
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-function round(x: number): number {
-  return Number(x.toPrecision(4));
-}
 
 main().catch((err: Error) => {
   progress(`failed: ${err.stack ?? err.message}`);

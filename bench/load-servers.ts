@@ -4,16 +4,16 @@
  * cache node from the build this script belongs to. Plus what the bench
  * reads of them from /proc: resident memory and CPU time, summed over the group.
  */
-import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { processGroup, request, signalGroup, sleep } from '../test/support/processes.js';
 import type { UpstreamStats } from './load-upstream.js';
+import { CLK_TCK, procStat, readProc } from './proc.js';
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 10_000;
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 export interface Server {
@@ -148,14 +148,6 @@ function parseMetrics(text: string): Map<string, number> {
   return metrics;
 }
 
-function readProc(pid: number, file: string): string | undefined {
-  try {
-    return fs.readFileSync(`/proc/${pid}/${file}`, 'utf8');
-  } catch {
-    return undefined; // exited while we looked
-  }
-}
-
 /** Resident memory of a process group: VmRSS summed over its live processes, in bytes. */
 export function groupRss(pgid: number): number {
   let kib = 0;
@@ -166,13 +158,7 @@ export function groupRss(pgid: number): number {
 /** CPU seconds (user + system) used so far by the live processes of a group. */
 export function groupCpuSeconds(pgid: number): number {
   let ticks = 0;
-  for (const pid of processGroup(pgid)) {
-    const stat = readProc(pid, 'stat');
-    if (stat === undefined) continue;
-    // After the command name (which may hold spaces and parentheses), utime and stime are fields 12 and 13.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    ticks += Number(fields[11]) + Number(fields[12]);
-  }
+  for (const pid of processGroup(pgid)) ticks += procStat(pid)?.ticks ?? 0;
   return ticks / CLK_TCK;
 }
 

@@ -37,6 +37,8 @@ import { Worker } from 'node:worker_threads';
 import { KINDS, type ClientReport, type ClientTask, type Kind, type KindCounts } from './load-clients.js';
 import { LOAD_IMAGES, sharedImages, totalSize, type CheckedImage } from './load-images.js';
 import { groupCpuSeconds, groupRss, sampleRss, startNode, startUpstream, type CacheNode, type Upstream } from './load-servers.js';
+import { numberFromEnv, numberFromString, sizeFromEnv } from './settings.js';
+import { BenchRun, quotient, round } from './report.js';
 
 const MiB = 1024 ** 2;
 const RSS_SAMPLE_MS = 200;
@@ -56,65 +58,11 @@ const config = {
 
 // ---------------------------------------------------------------- report
 
-type Figure = number | string | null;
-const rows: Array<[part: string, subject: string, metric: string, value: Figure]> = [];
-const report: Record<string, Record<string, Figure>> = {};
-
-/** One figure, in the table and in the JSON line (as report[part][`${subject}.${metric}`]). */
-function record(part: string, subject: string, metric: string, value: Figure): void {
-  const rounded = typeof value === 'number' ? round(value) : value;
-  rows.push([part, subject, metric, rounded]);
-  (report[part] ??= {})[`${subject}.${metric}`] = rounded;
-}
+const { record, progress, printReport, cleanup, cleanups } = new BenchRun('bench:load', config);
 
 /** a / b, or null when either side is missing. */
 function ratio(name: string, a: number | undefined, b: number | undefined): void {
-  record('ratio', 'node_over_peer', name, a === undefined || b === undefined || b === 0 ? null : a / b);
-}
-
-let printed = false;
-
-function printReport(): void {
-  if (printed) return;
-  printed = true;
-  const table = [['part', 'subject', 'metric', 'value'], ...rows];
-  const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => String(row[i]).length)));
-  for (const row of table) {
-    process.stdout.write(`${row.slice(0, 3).map((cell, i) => String(cell).padEnd(widths[i]!)).join('  ')}  ${row[3]}\n`);
-  }
-  process.stdout.write(`${JSON.stringify({ config, ...report })}\n`);
-}
-
-function progress(line: string): void {
-  process.stderr.write(`bench:load: ${line}\n`);
-}
-
-// ---------------------------------------------------------------- cleanup
-
-const cleanups: Array<() => Promise<void> | void> = [];
-let cleaning: Promise<void> | undefined;
-
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const step of cleanups.reverse()) {
-      try {
-        await step();
-      } catch (err) {
-        progress(`cleanup: ${(err as Error).message}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping the servers`);
-    void cleanup().then(() => {
-      printReport();
-      process.exit(130);
-    });
-  });
+  record('ratio', 'node_over_peer', name, quotient(a, b));
 }
 
 // ---------------------------------------------------------------- the load
@@ -371,29 +319,6 @@ async function main(): Promise<void> {
 
 // ---------------------------------------------------------------- helpers
 
-function numberFromEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  return raw === undefined || raw === '' ? fallback : numberFromString(name, raw);
-}
-
-function numberFromString(name: string, raw: string): number {
-  const value = Number(raw);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name}=${raw}: expected a non-negative number`);
-  return value;
-}
-
-/** Bytes from e.g. `134217728`, `128MiB`, `1GiB`, `64M`. */
-function sizeFromEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const match = raw.trim().match(/^(\d+)\s*([kmg]?)(i?b)?$/i);
-  if (!match) throw new Error(`${name}=${raw}: expected bytes, optionally with KiB, MiB or GiB`);
-  return Number(match[1]) * 1024 ** ' kmg'.indexOf((match[2] || ' ').toLowerCase());
-}
-
-function round(x: number): number {
-  return Number(x.toPrecision(4));
-}
 
 main().catch((err: Error) => {
   progress(`failed: ${err.stack ?? err.message}`);
