@@ -13,7 +13,8 @@
  * Every body is hashed with sha256 as it streams in and compared with the
  * expected bytes; any 5xx, unexpected status, corrupt body, reset, short
  * body or stall fails the run (exit 1), so that it can be a gate. Also
- * printed: latency per kind of request (p50, p90, p99, max), the node's
+ * printed: latency per kind of request (p50, p90, p99, max), the latency
+ * of a /healthcheck probe sent every 250 ms from the main thread, the node's
  * peak and final RSS (all its processes), and how busy the generator was.
  *
  * The peer, measured in the same run because the machines are noisy: the
@@ -30,6 +31,7 @@
  * (default: twice the images), TMPDIR. Prints a table, then the whole report as one JSON line.
  */
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
@@ -81,6 +83,36 @@ interface Load {
   eventLoopUtilization: number[];
   /** CPU the whole generator process used (its threads and the samplers), in cores. */
   generatorCores: number;
+  /** GET /healthcheck from this (otherwise idle) thread every PROBE_EVERY_MS, on a new connection: how long a new, trivial request waits behind the load. */
+  probe?: RecordableHistogram;
+}
+
+const PROBE_EVERY_MS = 250;
+
+/** Probes `url` until stop() is called; stop resolves with the latencies (µs). */
+function startProbe(url: string): () => Promise<RecordableHistogram> {
+  const histogram = createHistogram();
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const started = performance.now();
+      await new Promise<void>((resolve) => {
+        const req = http.get(url, { agent: false }, (res) => {
+          res.resume();
+          res.once('end', resolve);
+          res.once('error', () => resolve());
+        });
+        req.once('error', () => resolve());
+      });
+      histogram.record(Math.max(1, Math.round((performance.now() - started) * 1000)));
+      await new Promise((resolve) => setTimeout(resolve, PROBE_EVERY_MS));
+    }
+  })();
+  return async () => {
+    stopped = true;
+    await loop;
+    return histogram;
+  };
 }
 
 /** The connections spread over the generator's threads, run for `seconds` against `url`; resolves when every request has ended. */
@@ -107,10 +139,12 @@ async function runLoad(url: string, node: boolean, seconds: number, images: Chec
     const started = performance.now();
     const reports = workers.map((worker) => nextMessage(worker) as Promise<ClientReport>);
     for (const worker of workers) worker.postMessage('go');
+    const stopProbe = node ? startProbe(`${url}/healthcheck`) : undefined;
     const shares = await Promise.all(reports);
+    const probe = await stopProbe?.();
     const wall = (performance.now() - started) / 1000;
     const used = process.cpuUsage(cpu);
-    return { ...merge(shares), seconds: wall, generatorCores: (used.user + used.system) / 1e6 / wall };
+    return { ...merge(shares), seconds: wall, generatorCores: (used.user + used.system) / 1e6 / wall, ...(probe === undefined ? {} : { probe }) };
   } finally {
     await Promise.all(workers.map((worker) => worker.terminate()));
   }
@@ -181,6 +215,11 @@ function recordLoad(part: string, load: Load): void {
     record(part, kind, 'requests', histogram.count);
     for (const p of [50, 90, 99]) record(part, kind, `p${p}_ms`, histogram.percentile(p) / 1000);
     record(part, kind, 'max_ms', histogram.max / 1000);
+  }
+  if (load.probe !== undefined && load.probe.count > 0) {
+    record(part, 'probe', 'requests', load.probe.count);
+    for (const p of [50, 99]) record(part, 'probe', `p${p}_ms`, load.probe.percentile(p) / 1000);
+    record(part, 'probe', 'max_ms', load.probe.max / 1000);
   }
   if (load.counts.manage.requests > 0) record(part, 'manage', 'list_queue_delete', `${load.manage.list}/${load.manage.queue}/${load.manage.delete}`);
   record(part, 'generator', 'cpu_cores', load.generatorCores);
