@@ -54,5 +54,8 @@ export interface VerifyResult {
   queueMarkersDropped: number;
 }
 
+/** What recover() did: the files of writers that died moved to invalid/, then verify()'s repairs. */
+export type RecoverReport = { abandonedWrites: number } & VerifyResult;
+
 /** The cleaner's whole pass: clean() and then verify(). */
 export type CleanReport = CleanResult & VerifyResult;

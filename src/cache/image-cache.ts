@@ -6,7 +6,7 @@ import { createDriver } from '../drivers/registry.js';
 import { BadDriverConfiguration } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import { createLogger, type Logger } from '../log.js';
-import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanReport, ExpectedChecksum, PruneResult, VerifyResult } from '../types.js';
+import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanReport, ExpectedChecksum, PruneResult, RecoverReport, VerifyResult } from '../types.js';
 import { cacheFromSource, createCachingStream, type ImageBytes } from './caching-stream.js';
 
 /**
@@ -86,6 +86,11 @@ export class ImageCache {
   async clean(stallTime?: number): Promise<CleanReport> {
     const cleaned = await this.driver.clean(stallTime);
     return { ...cleaned, ...(await this.driver.verify()) };
+  }
+
+  /** What a process starting on the directory does before it serves (see Driver.recover). */
+  recover(): Promise<RecoverReport> {
+    return this.driver.recover();
   }
 
   /** Repairs metadata against the files, counting each fix (see Driver.verify). */

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { tryLockExclusive } from '../fs/flock.js';
 import type { Logger } from '../log.js';
-import type { CleanReport, PruneResult } from '../types.js';
+import type { CleanReport, PruneResult, RecoverReport } from '../types.js';
 import type { ImageCache } from './image-cache.js';
 
 export interface MaintenanceOptions {
@@ -81,6 +81,11 @@ export class Maintenance {
     return this.run('clean', true) as Promise<CleanReport>;
   }
 
+  /** The recovery of a process starting on the directory (see ImageCache.recover), waiting for maintenance running elsewhere. */
+  recover(): Promise<RecoverReport> {
+    return this.run('recover', true) as Promise<RecoverReport>;
+  }
+
   /** Stops the timers and waits for what is running. */
   async close(): Promise<void> {
     this.closed = true;
@@ -94,12 +99,13 @@ export class Maintenance {
    * lock across processes. A timer's task skips its turn when another
    * process holds the lock (it will come again); a client's waits for it.
    */
-  private run(task: 'prune' | 'clean', wait: boolean): Promise<PruneResult | CleanReport | undefined> {
+  private run(task: 'prune' | 'clean' | 'recover', wait: boolean): Promise<PruneResult | CleanReport | RecoverReport | undefined> {
     const next = this.running.catch(() => {}).then(async () => {
       const release = await this.lock(wait);
       if (release === undefined) return undefined;
       try {
-        return task === 'prune' ? await this.cache.prune() : await this.cache.clean();
+        if (task === 'prune') return await this.cache.prune();
+        return task === 'clean' ? await this.cache.clean() : await this.cache.recover();
       } finally {
         release();
       }

@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import type { DriverName, ResolvedOptions } from '../config.js';
 import { BadDriverConfiguration, ImageNotCached, NotSupported, RangeNotSatisfiable } from '../errors.js';
 import { nowSeconds } from '../clock.js';
-import { isHeld, removeIfAbandoned } from '../fs/claim.js';
+import { isHeld, quarantineIfAbandoned, removeIfAbandoned } from '../fs/claim.js';
 import { CacheFileReader } from '../fs/cache-reader.js';
 import { CacheWriter, CommitTracker, type CommitMetadata } from '../fs/cache-writer.js';
 import { DirectorySync } from '../fs/directory-sync.js';
@@ -13,7 +13,7 @@ import { LOCK_PROBE_PREFIX, lockingProblem } from '../fs/flock.js';
 import { systemIo, type CacheIo } from '../fs/io.js';
 import { isValidImageId, validateImageId } from '../image-id.js';
 import { createLogger, type Logger } from '../log.js';
-import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, VerifyResult } from '../types.js';
+import type { ByteRange, CacheEntry, CachedImage, CacheStatus, CleanResult, RecoverReport, VerifyResult } from '../types.js';
 import { AccessBatch, type PendingAccess } from './access-batch.js';
 import { StoreRecovery } from './store-recovery.js';
 
@@ -355,6 +355,28 @@ export abstract class Driver {
     const result = { invalid: invalid.filter(Boolean).length, stalled };
     if (result.invalid + result.stalled > 0) this.log.info({ driver: this.name, ...result }, 'cleaned cache');
     return result;
+  }
+
+  /**
+   * What a process starting on the directory does before it serves (the node
+   * runs it at start): the files of writers that died, which no live writer
+   * holds, go to invalid/ whatever their age (a crash's leftovers, kept for
+   * inspection until the cleaner removes them), and verify() brings the
+   * metadata back into agreement with the files: a record whose file is gone
+   * is dropped, a file without a record is adopted (a file reaches an image's
+   * name only by the rename at the end of a commit, after its fsync, so it is
+   * whole). Safe beside live writers in other processes: their files are held.
+   */
+  async recover(): Promise<RecoverReport> {
+    const incompleteDir = path.join(this.baseDir, 'incomplete');
+    let abandonedWrites = 0;
+    for (const name of await listRegularFiles(incompleteDir)) {
+      if (name.startsWith(LOCK_PROBE_PREFIX) || !isValidImageId(name, this.reservedNames())) continue;
+      const paths = { incomplete: path.join(incompleteDir, name), invalid: this.getImageFilepath(name, 'invalid') };
+      if (quarantineIfAbandoned(paths, this.io)) abandonedWrites++;
+    }
+    if (abandonedWrites > 0) this.log.info({ driver: this.name, abandonedWrites }, 'moved the files of writers that died to invalid/');
+    return { abandonedWrites, ...(await this.verify()) };
   }
 
   /**

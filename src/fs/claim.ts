@@ -76,6 +76,11 @@ export function claimIncomplete(paths: ClaimPaths, io: CacheIo): Claim | undefin
   return undefined;
 }
 
+/** Moves incomplete/<id> to invalid/ if no live writer holds it (a writer that died left it); true when it did. */
+export function quarantineIfAbandoned(paths: ClaimPaths, io: CacheIo): boolean {
+  return takeOverIfAbandoned(paths, io) === 'moved';
+}
+
 /**
  * incomplete/<id> when nobody holds it: moved to invalid/ ('moved'); 'held'
  * when a live writer does; 'gone' when the path is empty or names another

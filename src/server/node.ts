@@ -75,6 +75,8 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
     const metadata = await source.metadata(imageId, token);
     return !metadata.ok && metadata.answer.status === 404;
   };
+  // Before the first request: a crash's leftovers go to invalid/, and the records agree with the files again.
+  await recoverAtStart(maintenance, log);
   const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, authorizeAdmin, provenGone, options: opts, log });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -121,4 +123,18 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
 /** Whether only this machine can reach the address. */
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
+/**
+ * The directory's recovery before serving (Maintenance.recover). The node can
+ * serve without it (listings show the files as they are, and the cleaner's
+ * verify() repairs later; an unreachable metadata store schedules its own
+ * repair), so a failure is logged, not fatal.
+ */
+async function recoverAtStart(maintenance: Maintenance, log: Logger): Promise<void> {
+  try {
+    await maintenance.recover();
+  } catch (err) {
+    log.error({ err }, 'could not recover the cache directory at start; serving anyway');
+  }
 }

@@ -670,6 +670,23 @@ export function runConformanceSuite(driverName: DriverName, makeOptions: MakeOpt
         assert.deepEqual(await cache.getQueuedImages(), []);
       });
 
+      it('recover() moves dead writers\' files to invalid/ whatever their age, leaves a live writer\'s, and runs verify()', async (t) => {
+        const { cache, at } = await setup(t);
+        await put(cache, 'lost');
+        fs.unlinkSync(at('lost'));
+        fs.writeFileSync(at('incomplete', 'dead'), 'what a writer that died wrote');
+        fs.writeFileSync(at('orphan'), 'o');
+        const writer = await cache.openForWrite('live');
+        t.after(() => discardWriter(writer));
+        await writeChunk(writer, Buffer.from('a live writer\'s bytes'));
+        assert.deepEqual(await cache.recover(), { abandonedWrites: 1, recordsDropped: capabilities.records ? 1 : 0, filesAdopted: 1, sizesCorrected: 0, queueMarkersDropped: 0 });
+        assert.equal(fs.readFileSync(at('invalid', 'dead'), 'utf8'), 'what a writer that died wrote');
+        assert.deepEqual(fs.readdirSync(at('incomplete')).filter((name) => !name.startsWith('.')), ['live']);
+        writer.end();
+        await finished(writer);
+        assert.deepEqual(await read(cache, 'live'), Buffer.from('a live writer\'s bytes'));
+      });
+
       it('clean() runs verify() after cleaning and reports both', async (t) => {
         const { cache, at } = await setup(t);
         fs.writeFileSync(at('invalid', 'x'), 'x');

@@ -13,6 +13,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { makeTempDir, removeDir } from '../helpers.js';
 import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
 import { download, fetchAll, startServe, until } from './helpers.js';
+import { ImageCache, silentLogger } from '../../src/index.js';
 
 /** The processes with an open descriptor for writing on `file` (the fill's writer). */
 function writersOf(file: string): number[] {
@@ -76,6 +77,41 @@ describe('crash safety', () => {
     assert.equal(fake.fileRequests(imageId), 2);
     assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'incomplete')).filter((name) => !name.startsWith('.')), []);
     assert.ok(fs.readdirSync(path.join(cacheDir, 'invalid')).length <= 1, 'the dead fill\'s leftover went to invalid/');
+  });
+
+  it('a node killed in the middle of several fills recovers its directory before serving: dead fills to invalid/, a record without its file dropped, a file without a record adopted', async (t) => {
+    const { fake, data, imageId, dir, cacheDir, config } = await setUp(t, 1);
+    const others = await Promise.all([2, 3].map((seed) => fake.addImage({ data: imageBytes(8 * 1024 * 1024, seed) })));
+    const filling = [{ id: imageId, data }, ...others.map((image, i) => ({ id: image.id, data: imageBytes(8 * 1024 * 1024, i + 2) }))];
+    const kept = await fake.addImage({ data: imageBytes(4096, 9) });
+    const first = await startServe(t, ['--config-file', config], dir);
+    assert.equal((await fetchAll(`${first.url}/v2/images/${kept.id}/file`)).status, 200);
+    const cut = filling.map((image) => download(`${first.url}/v2/images/${image.id}/file`));
+    for (const image of filling) await fillUnderWay(cacheDir, image.id);
+    first.child.kill('SIGKILL');
+    await once(first.child, 'exit');
+    assert.ok((await Promise.all(cut)).every((result) => !result.ok), 'every client saw its connection cut');
+    // While the node is down: a cached file goes behind its back (its record stays), and a whole file appears without a record.
+    fs.unlinkSync(path.join(cacheDir, kept.id));
+    const adopted = '0ad0b7ed-0000-4000-8000-000000000001';
+    fs.writeFileSync(path.join(cacheDir, adopted), imageBytes(5000, 7));
+
+    const second = await startServe(t, ['--config-file', config], dir);
+    // Before any request for an image: the start-up recovery has run.
+    assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'incomplete')).filter((name) => !name.startsWith('.')), []);
+    assert.deepEqual(fs.readdirSync(path.join(cacheDir, 'invalid')).sort(), filling.map((image) => image.id).sort(), 'each dead fill\'s file went to invalid/');
+    const listed = JSON.parse((await fetchAll(`${second.url}/v2/cache`)).body.toString());
+    assert.deepEqual(listed.cached_images.map((image: { image_id: string }) => image.image_id), [adopted], 'nothing partial listed, the lost file not listed');
+    const observer = await ImageCache.create({ imageCacheDir: cacheDir, logger: silentLogger });
+    try {
+      assert.deepEqual(await observer.verify(), { recordsDropped: 0, filesAdopted: 0, sizesCorrected: 0, queueMarkersDropped: 0 }, 'the records were repaired at start');
+    } finally {
+      await observer.close();
+    }
+    for (const image of filling) {
+      const again = await fetchAll(`${second.url}/v2/images/${image.id}/file`);
+      assert.ok(again.body.equals(image.data), 'fills again, whole');
+    }
   });
 
   it('with workers = 2, killing the worker that owns a fill cuts off every follower, and the next request fills again', async (t) => {
