@@ -10,18 +10,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
-import type { ServerOptions } from '../../src/server/config.js';
-import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
+import { describe, it } from 'node:test';
+import { imageBytes } from '../support/fake-glance.js';
 import { listTree } from '../helpers.js';
-import { fetchAll, sha512, startTestNode, until } from './helpers.js';
+import { fetchAll, sha512, startFakeGlanceAndNode, until } from './helpers.js';
 
-async function setUp(t: TestContext, server: Partial<ServerOptions> = {}) {
-  const fake = await startFakeGlance();
-  t.after(() => fake.close());
-  const node = await startTestNode(t, { upstreamUrl: fake.url, ...server });
-  return { fake, ...node };
-}
 
 /** A raw request (for what a client library would refuse to send): the status line of the answer, or '' if the connection closed without one. */
 function raw(url: string, text: string): Promise<string> {
@@ -107,7 +100,7 @@ function strayFiles(dir: string, cached: string[]): string[] {
 
 describe('bad input', () => {
   it('image IDs that try to escape the cache directory reach neither the disk nor a 5xx', async (t) => {
-    const { fake, url, dir } = await setUp(t);
+    const { fake, url, dir } = await startFakeGlanceAndNode(t);
     const good = await fake.addImage({ data: imageBytes(1000) });
     const ids = [
       '..%2F..%2F..%2Fetc%2Fpasswd', '%2e%2e%2f%2e%2e%2fetc%2fpasswd', '%2e%2e', '..', '.', 'a%00b', '%00', 'caf%C3%A9', '%E2%80%AE%E2%80%AD',
@@ -123,14 +116,14 @@ describe('bad input', () => {
   });
 
   it('answers malformed percent-encoding with 400', async (t) => {
-    const { url } = await setUp(t);
+    const { url } = await startFakeGlanceAndNode(t);
     const response = await fetchAll(`${url}/v2/images/%E0%A4%A/file`);
     assert.equal(response.status, 400);
     assert.match(JSON.parse(response.body.toString()).message, /percent-encoding/);
   });
 
   it('serves the whole image for malformed or multiple ranges, and 416 only for well-formed unsatisfiable ones', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const data = imageBytes(1000);
     const image = await fake.addImage({ data });
     await fetchAll(`${url}/v2/images/${image.id}/file`);
@@ -143,7 +136,7 @@ describe('bad input', () => {
   });
 
   it('refuses oversized headers and URLs and unknown methods, takes bodies where none belong, and keeps serving', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(1000) });
     assert.match(await raw(url, `GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(64 * 1024)}\r\n\r\n`), /^HTTP\/1\.1 431/);
     assert.match(await raw(url, `GET /v2/images/${'a'.repeat(64 * 1024)}/file HTTP/1.1\r\nHost: x\r\n\r\n`), /^HTTP\/1\.1 431/, 'an oversized URL');
@@ -156,7 +149,7 @@ describe('bad input', () => {
   });
 
   it('cuts off a client that trickles its headers once client_header_timeout has passed, and serves others meanwhile', async (t) => {
-    const { fake, url } = await setUp(t, { clientHeaderTimeout: HEADER_TIMEOUT_S });
+    const { fake, url } = await startFakeGlanceAndNode(t, { server: { clientHeaderTimeout: HEADER_TIMEOUT_S } });
     const data = imageBytes(1024 * 1024);
     const image = await fake.addImage({ data });
     const slow = trickleHeaders(url);
@@ -173,7 +166,7 @@ describe('bad input', () => {
   });
 
   it('completes a download correctly while 50 clients trickle their headers, and cuts all of them off', async (t) => {
-    const { fake, url } = await setUp(t, { clientHeaderTimeout: HEADER_TIMEOUT_S });
+    const { fake, url } = await startFakeGlanceAndNode(t, { server: { clientHeaderTimeout: HEADER_TIMEOUT_S } });
     const data = imageBytes(16 * 1024 * 1024);
     const image = await fake.addImage({ data });
     const slow = Array.from({ length: 50 }, () => trickleHeaders(url));

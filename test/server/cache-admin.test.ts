@@ -6,23 +6,16 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
-import type { ImageCacheOptions } from '../../src/config.js';
-import type { ServerOptions } from '../../src/server/config.js';
-import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
-import { download, fetchAll, startTestNode, until, type NodeUnderTest } from './helpers.js';
+import { describe, it } from 'node:test';
+import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
+import { download, fetchAll, startFakeGlanceAndNode, startTestNode, until } from './helpers.js';
 
-async function setUp(t: TestContext, server: Partial<ServerOptions> = {}, cache: Partial<ImageCacheOptions> = {}): Promise<{ fake: FakeGlance } & NodeUnderTest> {
-  const fake = await startFakeGlance();
-  t.after(() => fake.close());
-  return { fake, ...(await startTestNode(t, { upstreamUrl: fake.url, ...server }, cache)) };
-}
 
 const json = (body: Buffer): any => JSON.parse(body.toString());
 
 describe('cache management API', () => {
   it('GET /v2/cache lists cached images in Glance\'s shape and the queue', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(4096);
     const cached = await fake.addImage({ data });
     await fetchAll(`${url}/v2/images/${cached.id}/file`);
@@ -40,7 +33,7 @@ describe('cache management API', () => {
   });
 
   it('PUT /v2/cache/{id} answers 202 and fetches the image at once; 404 for an unknown image, 400 for one not active', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(64 * 1024) });
     assert.equal((await fetchAll(`${url}/v2/cache/${image.id}`, { method: 'PUT' })).status, 202);
     await until(() => node.cache.isCached(image.id), 'the prefetch');
@@ -58,7 +51,7 @@ describe('cache management API', () => {
   });
 
   it('DELETE /v2/cache/{id}: 204 for a cached or queued image, 404 when neither and unknown upstream', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096) });
     await fetchAll(`${url}/v2/images/${image.id}/file`);
     assert.equal((await fetchAll(`${url}/v2/cache/${image.id}`, { method: 'DELETE' })).status, 204);
@@ -72,7 +65,7 @@ describe('cache management API', () => {
 
   for (const [target, cacheCleared, queueCleared] of [[undefined, true, true], ['both', true, true], ['cache', true, false], ['queue', false, true]] as const) {
     it(`DELETE /v2/cache with clear target ${target ?? '(absent)'} answers 204 and clears ${[cacheCleared && 'the cache', queueCleared && 'the queue'].filter(Boolean).join(' and ')}`, async (t) => {
-      const { fake, url, node } = await setUp(t);
+      const { fake, url, node } = await startFakeGlanceAndNode(t);
       const image = await fake.addImage({ data: imageBytes(4096) });
       await fetchAll(`${url}/v2/images/${image.id}/file`);
       await node.cache.queueImage('waiting');
@@ -84,7 +77,7 @@ describe('cache management API', () => {
   }
 
   it('DELETE /v2/cache with an unknown clear target is a 400 and clears nothing', async (t) => {
-    const { url, node } = await setUp(t);
+    const { url, node } = await startFakeGlanceAndNode(t);
     await node.cache.queueImage('waiting');
     const response = await fetchAll(`${url}/v2/cache`, { method: 'DELETE', headers: { 'x-image-cache-clear-target': 'everything' } });
     assert.equal(response.status, 400);
@@ -93,7 +86,7 @@ describe('cache management API', () => {
   });
 
   it('POST /v2/cache/prune prunes to the size limit and says what it removed; POST /v2/cache/clean answers 200', async (t) => {
-    const { url, node } = await setUp(t, {}, { imageCacheMaxSize: 10_000 });
+    const { url, node } = await startFakeGlanceAndNode(t, { cache: { imageCacheMaxSize: 10_000 } });
     for (const id of ['a', 'b', 'c']) assert.ok(await node.cache.cacheImageStream(id, [imageBytes(6_000)]));
     const pruned = await fetchAll(`${url}/v2/cache/prune`, { method: 'POST' });
     assert.equal(pruned.status, 200);
@@ -105,14 +98,14 @@ describe('cache management API', () => {
   });
 
   it('GET /v2/cache/nodes/{id} is a 409 unless the driver is centralized_db', async (t) => {
-    const { url } = await setUp(t);
+    const { url } = await startFakeGlanceAndNode(t);
     const response = await fetchAll(`${url}/v2/cache/nodes/any-image`);
     assert.equal(response.status, 409);
     assert.match(json(response.body).message, /centralized_db/);
   });
 
   it('answers /versions itself, listing v2.18 as current and the cache API\'s v2.14', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const response = await fetchAll(`${url}/versions`);
     const ids = json(response.body).versions.map((v: { id: string }) => v.id);
     assert.equal(json(response.body).versions[0].status, 'CURRENT');
@@ -123,7 +116,7 @@ describe('cache management API', () => {
 
 describe('prefetching', () => {
   it('a queued image downloaded by 10 clients meanwhile is fetched from the upstream once', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const data = imageBytes(8 * 1024 * 1024);
     const image = await fake.addImage({ data });
     const held = fake.hold(image.id);
@@ -136,7 +129,7 @@ describe('prefetching', () => {
   });
 
   it('keeps the marker of a failed fetch and tries again until it succeeds', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096) });
     fake.setFault(image.id, { kind: 'status', code: 503, on: 'file' });
     assert.equal((await fetchAll(`${url}/v2/cache/${image.id}`, { method: 'PUT' })).status, 202);
@@ -165,7 +158,7 @@ describe('prefetching', () => {
 describe('maintenance without cron', () => {
   it('prunes as soon as a commit takes the cache past image_cache_max_size: never over the limit after a commit, no client error', async (t) => {
     const size = 64 * 1024;
-    const { fake, url, node } = await setUp(t, {}, { imageCacheMaxSize: Math.floor(2.5 * size) });
+    const { fake, url, node } = await startFakeGlanceAndNode(t, { cache: { imageCacheMaxSize: Math.floor(2.5 * size) } });
     for (let i = 0; i < 8; i++) {
       const image = await fake.addImage({ data: imageBytes(size, i + 1) });
       const result = await download(`${url}/v2/images/${image.id}/file`);

@@ -11,22 +11,17 @@ import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
 import { freeBytes, mountSmallDisk } from '../support/small-disk.js';
-import { download, fetchAll, startServe, startTestNode } from './helpers.js';
+import { download, fetchAll, fileUrl, startFakeGlanceAndNode, startServe } from './helpers.js';
 import { makeTempDir, removeDir } from '../helpers.js';
 
 const MiB = 1024 * 1024;
 const DISK = 24 * MiB;
 
 async function setUp(t: TestContext) {
-  const fake = await startFakeGlance();
-  t.after(() => fake.close());
   const disk = mountSmallDisk(t, DISK);
   // image_cache_max_size larger than the disk: the misconfiguration (or the other tenant of the disk) that makes it fill.
-  const node = await startTestNode(t, { upstreamUrl: fake.url }, { imageCacheDir: disk, imageCacheMaxSize: 1024 * MiB });
-  return { fake, disk, ...node };
+  return { disk, ...(await startFakeGlanceAndNode(t, { cache: { imageCacheDir: disk, imageCacheMaxSize: 1024 * MiB } })) };
 }
-
-const fileUrl = (url: string, id: string): string => `${url}/v2/images/${id}/file`;
 
 /** Nothing the failed fills left behind, and nothing verify() would have to repair. */
 async function assertConsistent(node: Awaited<ReturnType<typeof setUp>>['node'], disk: string, cached: string[]): Promise<void> {

@@ -4,22 +4,14 @@
  * and ranges come from the cache or from the growing file.
  */
 import assert from 'node:assert/strict';
-import { describe, it, type TestContext } from 'node:test';
-import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
-import { download, fetchAll, metric, send, startTestNode, until, type NodeUnderTest } from './helpers.js';
-import type { ServerOptions } from '../../src/server/config.js';
+import { describe, it } from 'node:test';
+import { imageBytes } from '../support/fake-glance.js';
+import { download, fetchAll, fileUrl, metric, send, startFakeGlanceAndNode, until } from './helpers.js';
 
-async function setUp(t: TestContext, server: Partial<ServerOptions> = {}): Promise<{ fake: FakeGlance } & NodeUnderTest> {
-  const fake = await startFakeGlance();
-  t.after(() => fake.close());
-  return { fake, ...(await startTestNode(t, { upstreamUrl: fake.url, ...server })) };
-}
-
-const fileUrl = (url: string, id: string): string => `${url}/v2/images/${id}/file`;
 
 describe('fills: one upstream fetch per image', () => {
   it('10 concurrent first downloads read the image from the upstream once, all byte-identical', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(8 * 1024 * 1024 + 3);
     const image = await fake.addImage({ data });
     const held = fake.hold(image.id);
@@ -39,7 +31,7 @@ describe('fills: one upstream fetch per image', () => {
   });
 
   it('goes on when the first client disconnects: the others get the image and it is cached', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(8 * 1024 * 1024);
     const image = await fake.addImage({ data });
     const held = fake.hold(image.id);
@@ -56,7 +48,7 @@ describe('fills: one upstream fetch per image', () => {
   });
 
   it('aborts every follower when the fill fails, caches nothing, and the next request fills again', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(8 * 1024 * 1024);
     const image = await fake.addImage({ data });
     fake.setFault(image.id, { kind: 'reset', afterBytes: 5 * 1024 * 1024 });
@@ -76,7 +68,7 @@ describe('fills: one upstream fetch per image', () => {
 
 describe('fills: ranges', () => {
   it('serves a-b, a- and -n of a cached image as 206 from disk, and 416 past the end', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const data = imageBytes(100_000);
     const image = await fake.addImage({ data });
     await fetchAll(fileUrl(url, image.id));
@@ -95,7 +87,7 @@ describe('fills: ranges', () => {
   });
 
   it('forwards a range of an image nobody is filling, and caches nothing', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(100_000);
     const image = await fake.addImage({ data });
     const response = await fetchAll(fileUrl(url, image.id), { headers: { range: 'bytes=10-19' } });
@@ -106,7 +98,7 @@ describe('fills: ranges', () => {
   });
 
   it('serves a range from the growing file during a fill, without a second upstream request', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const data = imageBytes(8 * 1024 * 1024);
     const image = await fake.addImage({ data });
     const held = fake.hold(image.id);

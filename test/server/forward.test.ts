@@ -7,20 +7,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import { importImage } from '../../src/sources/local-directory.js';
-import { imageBytes, startFakeGlance, type FakeGlance } from '../support/fake-glance.js';
-import { fetchAll, send, startTestNode, until, type NodeUnderTest } from './helpers.js';
+import { imageBytes } from '../support/fake-glance.js';
+import { fetchAll, send, startFakeGlanceAndNode, startTestNode, until } from './helpers.js';
 
-async function setUp(t: TestContext): Promise<{ fake: FakeGlance } & NodeUnderTest> {
-  const fake = await startFakeGlance();
-  t.after(() => fake.close());
-  return { fake, ...(await startTestNode(t, { upstreamUrl: fake.url })) };
-}
 
 describe('forwarding to the upstream', () => {
   it('forwards the Image API with method, path, query, headers and body, and passes the answer back', async (t) => {
-    const { fake, url } = await setUp(t);
+    const { fake, url } = await startFakeGlanceAndNode(t);
     const created = await fetchAll(`${url}/v2/images`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'x-auth-token': 'tok', 'x-custom': 'kept' },
@@ -42,7 +37,7 @@ describe('forwarding to the upstream', () => {
   });
 
   it('streams an upload through without holding it, then serves the uploaded image (miss, then hit)', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const created = JSON.parse((await fetchAll(`${url}/v2/images`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"up"}' })).body.toString());
     const data = imageBytes(32 * 1024 * 1024);
     const half = data.length / 2;
@@ -67,7 +62,7 @@ describe('forwarding to the upstream', () => {
   });
 
   it('drops the cached copy once the upstream has deleted the image, and only then', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096) });
     await fetchAll(`${url}/v2/images/${image.id}/file`);
     fake.setFault(image.id, { kind: 'status', code: 403, on: 'metadata' });
@@ -82,7 +77,7 @@ describe('forwarding to the upstream', () => {
 
 describe('health and metrics', () => {
   it('/healthcheck answers 200 OK, and 503 with the reason when the cache directory is unusable', async (t) => {
-    const { url, dir } = await setUp(t);
+    const { url, dir } = await startFakeGlanceAndNode(t);
     const ok = await fetchAll(`${url}/healthcheck`);
     assert.equal(ok.status, 200);
     assert.equal(ok.body.toString(), 'OK');
@@ -93,7 +88,7 @@ describe('health and metrics', () => {
   });
 
   it('/metrics is Prometheus text with the cache\'s metrics and the process\'s', async (t) => {
-    const { url } = await setUp(t);
+    const { url } = await startFakeGlanceAndNode(t);
     const response = await fetchAll(`${url}/metrics`);
     assert.equal(response.status, 200);
     assert.match(String(response.headers['content-type']), /^text\/plain/);
@@ -104,7 +99,7 @@ describe('health and metrics', () => {
   });
 
   it('answers 404 outside the Image API', async (t) => {
-    const { url } = await setUp(t);
+    const { url } = await startFakeGlanceAndNode(t);
     assert.equal((await fetchAll(`${url}/etc/passwd`)).status, 404);
   });
 });

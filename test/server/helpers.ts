@@ -17,6 +17,7 @@ import { SERVE_DEFAULTS, type ServeConfig, type ServerOptions } from '../../src/
 import { startNode, type RunningNode } from '../../src/server/node.js';
 import type { ImageCacheOptions } from '../../src/config.js';
 import { makeTempDir, removeDir } from '../helpers.js';
+import { startFakeGlance, type FakeGlance, type FakeGlanceOptions } from '../support/fake-glance.js';
 
 export interface NodeUnderTest {
   node: RunningNode;
@@ -38,6 +39,19 @@ export async function startTestNode(t: TestContext, server: Partial<ServerOption
   });
   return { node, url: node.url, dir };
 }
+
+/** A fake Glance and a test node in front of it (its upstream_url), both stopped after the test. */
+export async function startFakeGlanceAndNode(
+  t: TestContext,
+  options: { fake?: FakeGlanceOptions; server?: Partial<ServerOptions>; cache?: Partial<ImageCacheOptions> } = {},
+): Promise<{ fake: FakeGlance } & NodeUnderTest> {
+  const fake = await startFakeGlance(options.fake);
+  t.after(() => fake.close());
+  return { fake, ...(await startTestNode(t, { upstreamUrl: fake.url, ...options.server }, options.cache)) };
+}
+
+/** The image data path of a node (or Glance) at `url`. */
+export const fileUrl = (url: string, id: string): string => `${url}/v2/images/${id}/file`;
 
 export interface Fetched {
   status: number;

@@ -6,23 +6,14 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
-import { imageBytes, startFakeGlance, type FakeGlance, type FakeGlanceOptions } from '../support/fake-glance.js';
-import { download, fetchAll, metric, startTestNode, type NodeUnderTest } from './helpers.js';
-import type { ServerOptions } from '../../src/server/config.js';
+import { describe, it } from 'node:test';
+import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
+import { download, fetchAll, fileUrl, metric, startFakeGlanceAndNode, startTestNode } from './helpers.js';
 
-async function setUp(t: TestContext, fakeOptions: FakeGlanceOptions = {}, server: Partial<ServerOptions> = {}): Promise<{ fake: FakeGlance } & NodeUnderTest> {
-  const fake = await startFakeGlance(fakeOptions);
-  t.after(() => fake.close());
-  const node = await startTestNode(t, { upstreamUrl: fake.url, ...server });
-  return { fake, ...node };
-}
-
-const fileUrl = (url: string, id: string): string => `${url}/v2/images/${id}/file`;
 
 describe('image data: hit and miss', () => {
   it('fetches the image once: the first download fills the cache, the second is a hit with Glance\'s headers', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(3 * 1024 * 1024 + 17);
     const image = await fake.addImage({ data });
 
@@ -47,7 +38,7 @@ describe('image data: hit and miss', () => {
   });
 
   it('forwards the caller\'s token to the upstream on every request', async (t) => {
-    const { fake, url } = await setUp(t, { validTokens: ['good'] });
+    const { fake, url } = await startFakeGlanceAndNode(t, { fake: { validTokens: ['good'] } });
     const image = await fake.addImage({ data: imageBytes(1000) });
     await fetchAll(fileUrl(url, image.id), { headers: { 'x-auth-token': 'good' } });
     await fetchAll(fileUrl(url, image.id), { headers: { 'x-auth-token': 'good' } });
@@ -70,7 +61,7 @@ describe('image data: what is not cached', () => {
   });
 
   it('serves an image whose ID cannot name a cache file from the upstream, and caches nothing', async (t) => {
-    const { fake, url, dir } = await setUp(t);
+    const { fake, url, dir } = await startFakeGlanceAndNode(t);
     const data = imageBytes(4096);
     const image = await fake.addImage({ id: 'name with spaces', data });
     const response = await fetchAll(fileUrl(url, encodeURIComponent(image.id)));
@@ -83,7 +74,7 @@ describe('image data: what is not cached', () => {
 describe('image data: what the upstream refuses is refused', () => {
   for (const code of [401, 403, 404, 500]) {
     it(`passes the upstream's ${code} through with its body, and never serves the cached copy`, async (t) => {
-      const { fake, url, node } = await setUp(t, {}, { authStrategy: 'keystone' });
+      const { fake, url, node } = await startFakeGlanceAndNode(t, { server: { authStrategy: 'keystone' } });
       const image = await fake.addImage({ data: imageBytes(4096) });
       assert.equal((await fetchAll(fileUrl(url, image.id))).status, 200);
       fake.setFault(image.id, { kind: 'status', code, on: 'metadata', body: `refused with ${code}` });
@@ -95,7 +86,7 @@ describe('image data: what the upstream refuses is refused', () => {
   }
 
   it('refuses a cached image to a token the upstream refuses (401), and serves it to one it accepts', async (t) => {
-    const { fake, url } = await setUp(t, { validTokens: ['good'] });
+    const { fake, url } = await startFakeGlanceAndNode(t, { fake: { validTokens: ['good'] } });
     const image = await fake.addImage({ data: imageBytes(4096) });
     assert.equal((await fetchAll(fileUrl(url, image.id), { headers: { 'x-auth-token': 'good' } })).status, 200);
     assert.equal((await fetchAll(fileUrl(url, image.id), { headers: { 'x-auth-token': 'bad' } })).status, 401);
@@ -105,7 +96,7 @@ describe('image data: what the upstream refuses is refused', () => {
   });
 
   it('never serves a deactivated image from the cache: the request goes to the upstream', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096) });
     await fetchAll(fileUrl(url, image.id));
     fake.setStatus(image.id, 'deactivated');
@@ -119,7 +110,7 @@ describe('image data: what the upstream refuses is refused', () => {
   });
 
   it('does not cache an image that is not active (queued: 204 from the upstream)', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(100), status: 'queued' });
     assert.equal((await fetchAll(fileUrl(url, image.id))).status, 204);
     assert.equal(await node.cache.isCached(image.id), false);
@@ -128,7 +119,7 @@ describe('image data: what the upstream refuses is refused', () => {
 
 describe('image data: eviction on proof that the image is gone', () => {
   it('with noauth, an upstream 404 drops the cached copy', async (t) => {
-    const { fake, url, node } = await setUp(t, {}, { authStrategy: 'noauth' });
+    const { fake, url, node } = await startFakeGlanceAndNode(t, { server: { authStrategy: 'noauth' } });
     const image = await fake.addImage({ data: imageBytes(4096) });
     await fetchAll(fileUrl(url, image.id));
     assert.equal((await fetchAll(`${fake.url}/v2/images/${image.id}`, { method: 'DELETE' })).status, 204, 'deleted on the upstream, not through this node');
@@ -138,7 +129,7 @@ describe('image data: eviction on proof that the image is gone', () => {
   });
 
   it('with keystone, a caller\'s 404 (another project\'s private image) never evicts it', async (t) => {
-    const { fake, url, node } = await setUp(t, { validTokens: ['owner', 'stranger'] }, { authStrategy: 'keystone' });
+    const { fake, url, node } = await startFakeGlanceAndNode(t, { fake: { validTokens: ['owner', 'stranger'] }, server: { authStrategy: 'keystone' } });
     const image = await fake.addImage({ data: imageBytes(4096), visibleTo: ['owner'] });
     assert.equal((await fetchAll(fileUrl(url, image.id), { headers: { 'x-auth-token': 'owner' } })).status, 200);
     assert.equal((await fetchAll(fileUrl(url, image.id), { headers: { 'x-auth-token': 'stranger' } })).status, 404);
@@ -148,7 +139,7 @@ describe('image data: eviction on proof that the image is gone', () => {
   });
 
   it('drops a cached copy whose size is not the image\'s, and fills again', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const data = imageBytes(8192);
     const image = await fake.addImage({ data });
     await fetchAll(fileUrl(url, image.id));
@@ -164,7 +155,7 @@ describe('image data: only verified images are cached', () => {
   // 2 MiB is hashed inline; 8 MiB on a hash thread while it is written.
   for (const size of [2 * 1024 * 1024, 8 * 1024 * 1024]) {
     it(`a sha512 that does not match aborts the response and caches nothing (${size / 1024 / 1024} MiB)`, async (t) => {
-      const { fake, url, node, dir } = await setUp(t);
+      const { fake, url, node, dir } = await startFakeGlanceAndNode(t);
       const image = await fake.addImage({ data: imageBytes(size), osHashValue: 'ab'.repeat(64) });
       const result = await download(fileUrl(url, image.id));
       assert.equal(result.ok, false, 'the client sees an incomplete response, never a whole wrong one');
@@ -174,7 +165,7 @@ describe('image data: only verified images are cached', () => {
     });
 
     it(`a sha512 that matches caches the image (${size / 1024 / 1024} MiB)`, async (t) => {
-      const { fake, url, node } = await setUp(t);
+      const { fake, url, node } = await startFakeGlanceAndNode(t);
       const data = imageBytes(size);
       const image = await fake.addImage({ data });
       const result = await download(fileUrl(url, image.id));
@@ -184,7 +175,7 @@ describe('image data: only verified images are cached', () => {
   }
 
   it('verifies concurrent fills whether they get a hash thread or hash inline (more fills than threads)', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const good = await Promise.all([1, 2, 3].map((seed) => fake.addImage({ data: imageBytes(8 * 1024 * 1024, seed) })));
     const bad = await Promise.all([4, 5, 6].map((seed) => fake.addImage({ data: imageBytes(8 * 1024 * 1024, seed), osHashValue: 'cd'.repeat(64) })));
     const results = await Promise.all([...good, ...bad].map((image) => download(fileUrl(url, image.id))));
@@ -194,7 +185,7 @@ describe('image data: only verified images are cached', () => {
   });
 
   it('verifies the strongest hash given: sha512 right and md5 wrong caches', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096), checksum: '0'.repeat(32) });
     const result = await download(fileUrl(url, image.id));
     assert.equal(result.ok, true);
@@ -202,7 +193,7 @@ describe('image data: only verified images are cached', () => {
   });
 
   it('falls back to md5 when there is no multihash: a wrong md5 caches nothing', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096), osHashAlgo: null, osHashValue: null, checksum: '0'.repeat(32) });
     assert.equal((await download(fileUrl(url, image.id))).ok, false);
     assert.equal(await node.cache.isCached(image.id), false);
@@ -217,7 +208,7 @@ describe('image data: upstream faults', () => {
   ] as const;
   for (const { name, fault } of faults) {
     it(`when the upstream ${name}, the response is aborted and nothing is cached; the next request fills again`, async (t) => {
-      const { fake, url, node } = await setUp(t, {}, { upstreamTimeout: 0.5 });
+      const { fake, url, node } = await startFakeGlanceAndNode(t, { server: { upstreamTimeout: 0.5 } });
       const data = imageBytes(4 * 1024 * 1024);
       const image = await fake.addImage({ data });
       fake.setFault(image.id, fault);
@@ -233,7 +224,7 @@ describe('image data: upstream faults', () => {
   }
 
   it('passes an upstream 5xx on the download through and caches nothing', async (t) => {
-    const { fake, url, node } = await setUp(t);
+    const { fake, url, node } = await startFakeGlanceAndNode(t);
     const image = await fake.addImage({ data: imageBytes(4096) });
     fake.setFault(image.id, { kind: 'status', code: 503, on: 'file', body: 'store unavailable' });
     const response = await fetchAll(fileUrl(url, image.id));

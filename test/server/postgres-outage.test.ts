@@ -18,7 +18,7 @@ import pg from 'pg';
 import type { WireCacheListing } from '../../src/cache/wire.js';
 import { imageBytes, startFakeGlance, type FakeGlance, type FakeImage } from '../support/fake-glance.js';
 import { PostgresServer } from '../support/postgres-server.js';
-import { fetchAll, metric, startTestNode, until, type NodeUnderTest } from './helpers.js';
+import { fetchAll, fileUrl, metric, startTestNode, until, type NodeUnderTest } from './helpers.js';
 
 const NODE_URL = 'http://cache-node-1.test:9292';
 
@@ -68,7 +68,6 @@ async function setUp(t: TestContext): Promise<Outage> {
   return { ...node, postgres, fake, rows };
 }
 
-const fileUrl = (url: string, id: string): string => `${url}/v2/images/${id}/file`;
 const json = <T>(body: Buffer): T => JSON.parse(body.toString()) as T;
 
 /** A download that must succeed with exactly the image's bytes. */
