@@ -210,13 +210,11 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       if (node.rows[0] === undefined) throw new Error(`node_reference has no row for ${nodeUrl} after inserting it`);
       this.nodeId = node.rows[0].node_reference_id;
     } catch (err) {
-      client.off('error', ignore);
-      client.release(err as Error);
+      releaseHeld(client, err as Error);
       await pool.end().catch(() => {});
       throw new BadDriverConfiguration('centralized_db', `cannot use the cache tables in ${where}: ${(err as Error).message}`, { cause: err });
     }
-    client.off('error', ignore);
-    client.release();
+    releaseHeld(client);
     this.nodeUrl = nodeUrl;
     this.pool = pool;
   }
@@ -259,8 +257,7 @@ export class CentralizedDbDriver extends RecordStoreDriver {
         return client;
       } catch (err) {
         await client.query('ROLLBACK').catch(() => {});
-        client.off('error', ignore);
-        client.release(); // not reused if its connection broke (the pool checks)
+        releaseHeld(client); // not reused if its connection broke (the pool checks)
         throw err;
       }
     }), isRetryablePostgresError));
@@ -269,11 +266,9 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       const client = await staged;
       try {
         await this.use(() => client.query(statement));
-        client.off('error', ignore);
-        client.release();
+        releaseHeld(client);
       } catch (err) {
-        client.off('error', ignore);
-        client.release(err as Error); // a connection whose transaction end failed is not reused
+        releaseHeld(client, err as Error); // a connection whose transaction end failed is not reused
         throw err;
       }
     };
@@ -400,6 +395,12 @@ export class CentralizedDbDriver extends RecordStoreDriver {
 
 /** An 'error' listener for a connection held between statements: the next statement reports the failure. */
 function ignore(): void {}
+
+/** Gives a connection held with `ignore` back to the pool (with the error that broke it, so that it is not reused). */
+function releaseHeld(client: pg.PoolClient, err?: Error): void {
+  client.off('error', ignore);
+  client.release(err);
+}
 
 /**
  * BEGIN and the record's insert as one simple-protocol query, so that staging
