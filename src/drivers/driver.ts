@@ -371,7 +371,8 @@ export abstract class Driver {
     const incompleteDir = path.join(this.baseDir, 'incomplete');
     let abandonedWrites = 0;
     for (const name of await listRegularFiles(incompleteDir)) {
-      if (name.startsWith(LOCK_PROBE_PREFIX) || !isValidImageId(name, this.reservedNames())) continue;
+      // Our own names only (a lock probe's name, with its '@', is none): anything foreign is not an image's claim.
+      if (!isValidImageId(name, this.reservedNames())) continue;
       const paths = { incomplete: path.join(incompleteDir, name), invalid: this.getImageFilepath(name, 'invalid') };
       if (quarantineIfAbandoned(paths, this.io)) abandonedWrites++;
     }
