@@ -570,6 +570,8 @@ describe('fake Glance', () => {
         removeDir(tmp);
       });
       const fake = await startFakeGlance();
+      // Closed below, to see the spill file go; also here, so that a failure before that leaves no server running.
+      t.after(() => fake.close());
       const { id } = json(await request(fake, '/v2/images', { method: 'POST', body: '{}' })) as { id: string };
       const data = imageBytes(64 * MIB + 1, 9);
       const put = await request(fake, `/v2/images/${id}/file`, {
