@@ -240,15 +240,16 @@ export type WriterAction = 'commit' | 'abort' | 'kill-in-write' | 'kill-in-commi
 /**
  * The paths every run must exercise, whatever the timing between processes.
  * A file per path, in the run's milestone directory, is removed by the first
- * child to log the event that takes it (milestoneOf). Two of them a random
- * run can miss even with every writer scripted to reach each path first
- * (FIRST_ACTIONS in writer.ts): a takeover, when the janitor's clean(0)
- * removes a dead writer's file before any writer comes for it, or when every
- * writer has died and no spare is up yet; and a read, when deletes and prunes
- * remove each commit before a reader gets to it. The janitor holds those off
- * while their path is pending, so that once a writer dies holding its claim,
- * the next claim of the image is certainly a takeover, and once an image is
- * committed, it stays until a reader has read it.
+ * child to log the event that takes it (milestoneOf), and the run goes on
+ * past its time until all are gone: on a loaded machine, where a process
+ * start takes seconds, a short run can end before its writers have made a
+ * claim each (FIRST_ACTIONS in writer.ts script each path first). Two paths
+ * time alone does not bring: a takeover, when the janitor's clean(0) removes
+ * a dead writer's file before any writer comes for it, and a read, when
+ * deletes and prunes remove each commit before a reader gets to it. The
+ * janitor holds those off while their path is pending, so that once a writer
+ * dies holding its claim the next claim of the image is certainly a
+ * takeover, and once an image is committed it stays until a reader has read it.
  */
 export const MILESTONES = ['commits', 'aborts', 'kills', 'takeovers', 'reads'] as const;
 export type Milestone = (typeof MILESTONES)[number];
