@@ -36,10 +36,18 @@ interface Closable extends Stream {
 }
 
 /**
+ * How long waitForClose and waitUntil wait by default. The bound is there to
+ * turn a hang into a failure, not to time anything: what they wait for (a
+ * close that records a read, a file that appears) goes through the disk or
+ * PostgreSQL, which a loaded machine can hold up for seconds.
+ */
+const HANG_MS = 10_000;
+
+/**
  * Resolves once the stream has emitted 'close' (at once if it already has).
  * Fails the test instead of hanging when 'close' never comes.
  */
-export function waitForClose(stream: Closable, timeoutMs = 2000): Promise<void> {
+export function waitForClose(stream: Closable, timeoutMs = HANG_MS): Promise<void> {
   if (stream.closed === true) return Promise.resolve();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`stream did not emit 'close' within ${timeoutMs} ms`)), timeoutMs);
@@ -86,7 +94,7 @@ export function patternedBytes(length: number): Buffer {
 }
 
 /** Polls `condition` on each turn of the event loop until it holds; rejects after `timeoutMs`. */
-export async function waitUntil(condition: () => boolean, timeoutMs = 2000): Promise<void> {
+export async function waitUntil(condition: () => boolean, timeoutMs = HANG_MS): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { imageBytes, startFakeGlance } from '../support/fake-glance.js';
 import { freeBytes, mountSmallDisk } from '../support/small-disk.js';
-import { download, fetchAll, fileUrl, startFakeGlanceAndNode, startServe } from './helpers.js';
+import { download, fetchAll, fileUrl, metric, startFakeGlanceAndNode, startServe, until } from './helpers.js';
 import { makeTempDir, removeDir } from '../helpers.js';
 
 const MiB = 1024 * 1024;
@@ -45,6 +45,8 @@ describe('image data: the cache\'s disk fills', () => {
     const held = fake.hold(image.id);
     const downloads = [0, 1, 2].map(() => download(fileUrl(url, image.id)));
     await held.waiting;
+    // The other two follow the fill before it fails: one that came after would be a fill of its own, not a follower.
+    await until(async () => (await metric(url, 'image_cache_coalesced_total')) === 2, 'two followers');
     held.release();
     for (const result of await Promise.all(downloads)) {
       assert.ok(result.ok, `a download failed: ${result.ok ? '' : result.error.message}`);

@@ -206,9 +206,18 @@ describe('image data: upstream faults', () => {
     { name: 'sends fewer bytes than its Content-Length', fault: { kind: 'short', afterBytes: 1024 * 1024 } },
     { name: 'stalls past upstream_timeout', fault: { kind: 'stall', afterBytes: 1024 * 1024 } },
   ] as const;
+  /**
+   * upstream_timeout for the stall, short enough to keep the test short. It
+   * is an idle limit, and the fake and the node share this process: the
+   * retried download has to go through without one pause that long, so not
+   * so short that a loaded machine's pause (a blocked write, a busy core)
+   * could pass for a stall. The other faults end the connection, and run with
+   * the default.
+   */
+  const STALL_TIMEOUT_S = 2;
   for (const { name, fault } of faults) {
     it(`when the upstream ${name}, the response is aborted and nothing is cached; the next request fills again`, async (t) => {
-      const { fake, url, node } = await startFakeGlanceAndNode(t, { server: { upstreamTimeout: 0.5 } });
+      const { fake, url, node } = await startFakeGlanceAndNode(t, fault.kind === 'stall' ? { server: { upstreamTimeout: STALL_TIMEOUT_S } } : {});
       const data = imageBytes(4 * 1024 * 1024);
       const image = await fake.addImage({ data });
       fake.setFault(image.id, fault);

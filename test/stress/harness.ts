@@ -22,6 +22,12 @@
  * which would otherwise leave the slot empty); stopping is a file the harness
  * creates and the children look for between operations; the harness then
  * waits for every child to exit.
+ *
+ * A run exercises every path whatever the timing (see MILESTONES): each path
+ * has a file that the first child to take it removes; until then the janitor
+ * holds off what would keep a path from being taken (its clean races the
+ * takeover of a dead writer's file, its deletes and prunes race the reads),
+ * and the run goes on past its time until every file is gone.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash, randomInt } from 'node:crypto';
@@ -56,6 +62,8 @@ export interface StressOptions {
   maxCacheSize?: number;
   /** How long children have to exit after the stop file appears before they count as hung (default 30 s). */
   stopGraceSeconds?: number;
+  /** How long past `seconds` the run goes on for a path (MILESTONES) not yet exercised (default 20 s). */
+  overtimeSeconds?: number;
 }
 
 export interface StressReport {
@@ -68,6 +76,8 @@ export interface StressReport {
   elapsedSeconds: number;
   /** From the 'go' to the last child's exit. */
   runSeconds: number;
+  /** The paths (MILESTONES) not yet exercised when `seconds` were up, for which the run went on. */
+  awaitedPastDeadline: Milestone[];
   /** Child processes started: the first ones, and every writer's spares (a spare that was never needed included). */
   processes: number;
   /** Complete reads whose bytes verified. */
@@ -227,6 +237,35 @@ const ROLE_KEY: Record<Role, number> = { writer: 1, janitor: 2, reader: 3 };
 
 export type WriterAction = 'commit' | 'abort' | 'kill-in-write' | 'kill-in-commit';
 
+/**
+ * The paths every run must exercise, whatever the timing between processes.
+ * A file per path, in the run's milestone directory, is removed by the first
+ * child to log the event that takes it (milestoneOf), and the run goes on
+ * past its time until all are gone: on a loaded machine, where a process
+ * start takes seconds, a short run can end before its writers have made a
+ * claim each (FIRST_ACTIONS in writer.ts script each path first). Two paths
+ * time alone does not bring: a takeover, when the janitor's clean(0) removes
+ * a dead writer's file before any writer comes for it, and a read, when
+ * deletes and prunes remove each commit before a reader gets to it. The
+ * janitor holds those off while their path is pending, so that once a writer
+ * dies holding its claim the next claim of the image is certainly a
+ * takeover, and once an image is committed it stays until a reader has read it.
+ */
+export const MILESTONES = ['commits', 'aborts', 'kills', 'takeovers', 'reads'] as const;
+export type Milestone = (typeof MILESTONES)[number];
+
+/** The path a logged event takes, if it is one of MILESTONES. */
+function milestoneOf(event: ChildEvent): Milestone | undefined {
+  switch (event.ev) {
+    case 'commit': return 'commits';
+    case 'abort': return 'aborts';
+    case 'kill': return 'kills';
+    case 'claim': return event.tookOver ? 'takeovers' : undefined;
+    case 'read': return 'reads';
+    default: return undefined;
+  }
+}
+
 /** What a child is told, as argv[2] (JSON). */
 export interface ChildConfig {
   role: Role;
@@ -236,6 +275,8 @@ export interface ChildConfig {
   seed: number;
   logFile: string;
   stopFile: string;
+  /** Holds a file per path of MILESTONES not yet exercised. */
+  milestoneDir: string;
   cache: {
     imageCacheDir: string;
     imageCacheDriver: StressDriver;
@@ -280,6 +321,8 @@ export interface ChildRuntime {
   log(event: ChildEvent): void;
   /** Time to finish the current operation and exit: the stop file exists, or the harness is gone. */
   stopped(): boolean;
+  /** No child has exercised this path yet (see MILESTONES). */
+  pending(milestone: Milestone): boolean;
   /** Logs an error that none of the expected codes explains (a violation). */
   unexpected(op: string, err: unknown): void;
   /** Logs the counts and the kill, then SIGKILLs this process. */
@@ -305,8 +348,12 @@ export function codeOf(err: unknown): string | undefined {
 export async function childRuntime(): Promise<ChildRuntime> {
   const config = JSON.parse(process.argv[2] ?? '') as ChildConfig;
   const parent = process.ppid;
+  const milestoneFile = (milestone: Milestone): string => path.join(config.milestoneDir, milestone);
   const log = (event: ChildEvent): void => {
     fs.appendFileSync(config.logFile, `${JSON.stringify({ t: Date.now(), ...event })}\n`);
+    // Logged first: by the time the path is no longer pending, the harness's count of it is on disk.
+    const milestone = milestoneOf(event);
+    if (milestone !== undefined) fs.rmSync(milestoneFile(milestone), { force: true });
   };
   let errors = 0;
   const unexpected = (op: string, err: unknown): void => {
@@ -350,6 +397,7 @@ export async function childRuntime(): Promise<ChildRuntime> {
     log,
     // A new parent means the harness died without stopping us: an orphan must not loop forever.
     stopped: () => halted || process.ppid !== parent || fs.existsSync(config.stopFile),
+    pending: (milestone) => fs.existsSync(milestoneFile(milestone)),
     unexpected,
     async killSelf(event) {
       log({ ev: 'counts', counts });
@@ -434,6 +482,8 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), `image-cache-stress-${options.driver}-`));
   const logDir = path.join(root, 'logs');
   const stopFile = path.join(root, 'stop');
+  const milestoneDir = path.join(root, 'milestones');
+  const pendingMilestones = (): Milestone[] => MILESTONES.filter((m) => fs.existsSync(path.join(milestoneDir, m)));
   const cacheOptions: ChildConfig['cache'] = {
     imageCacheDir: path.join(root, 'cache'),
     imageCacheDriver: options.driver,
@@ -468,8 +518,12 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
     // Each writer released gets a spare started behind it, which takes its
     // place the moment it kills itself; unless even the quickest start seen
     // so far could not make it ready before the end, when it would only hold
-    // the stop up.
-    if (role === 'writer' && Date.now() + fastestStartupMs < deadline) spares.set(slot, start(role, slot, incarnation + 1));
+    // the stop up. While a path is still to be exercised the run goes on
+    // past its end, and needs writers alive: a takeover needs one after the
+    // kill, and on a loaded machine a start can take longer than the run.
+    if (role === 'writer' && (Date.now() + fastestStartupMs < deadline || pendingMilestones().length > 0)) {
+      spares.set(slot, start(role, slot, incarnation + 1));
+    }
   };
 
   const start = (role: Role, slot: number, incarnation: number): Spawned => {
@@ -482,6 +536,7 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
       seed,
       logFile: path.join(logDir, `${name}.log`),
       stopFile,
+      milestoneDir,
       cache: cacheOptions,
       minImageBytes,
       maxImageBytes,
@@ -541,6 +596,8 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
 
   try {
     fs.mkdirSync(logDir);
+    fs.mkdirSync(milestoneDir);
+    for (const milestone of MILESTONES) fs.writeFileSync(path.join(milestoneDir, milestone), '');
     const first = [start('janitor', 0, 0)];
     for (let i = 0; i < readers; i++) first.push(start('reader', i, 0));
     for (let i = 0; i < options.writers; i++) first.push(start('writer', i, 0));
@@ -557,8 +614,11 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
       else e.wanted = true;
     }
 
-    // The length of the run: a timer, not a handshake.
+    // The length of the run: a timer, not a handshake; then, for as long as a
+    // path is still to be exercised (up to the overtime), until it has been.
     await new Promise((resolve) => setTimeout(resolve, deadline - Date.now()));
+    const awaitedPastDeadline = pendingMilestones();
+    if (awaitedPastDeadline.length > 0) await untilEmpty(milestoneDir, (options.overtimeSeconds ?? 20) * 1000);
     phase = 'stopping';
     fs.writeFileSync(stopFile, '');
     // Spares waiting for 'go' get 'stop' (those not ready yet get it when they are, or see the file first).
@@ -655,6 +715,7 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
       readers,
       elapsedSeconds: Math.round((Date.now() - started) / 100) / 10,
       runSeconds: Math.round(runSeconds * 10) / 10,
+      awaitedPastDeadline,
       processes: spawned.length,
       reads: reads.length,
       readsNotCached: count('readsNotCached'),
@@ -737,6 +798,26 @@ async function checkFinalState(cacheOptions: ChildConfig['cache'], images: Map<s
   } finally {
     await cache.close();
   }
+}
+
+/** Resolves once `dir` is empty (watched, not polled), or after `timeoutMs`; the caller judges what is left. */
+function untilEmpty(dir: string, timeoutMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const watcher = fs.watch(dir);
+    const done = (): void => {
+      clearTimeout(timer);
+      watcher.close();
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    const check = (): void => {
+      if (fs.readdirSync(dir).length === 0) done();
+    };
+    watcher.on('change', check);
+    watcher.on('error', done);
+    // Watching first, then looking: a removal between the two is not missed.
+    check();
+  });
 }
 
 /** SIGKILLs the children still running (each by its own pid) and waits for them to go. */

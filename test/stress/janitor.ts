@@ -4,6 +4,10 @@
  * incomplete/ files of dead writers, racing the writers' takeovers, then runs
  * verify()), and now and then deleteCachedImage, verify() and prune() (the
  * cache's maximum size is below the largest images, so prune evicts some).
+ * Until a writer has taken over a dead writer's file it does not clean, and
+ * until a reader has read an image it neither deletes nor prunes: those are
+ * the races that could leave a run without a takeover or a read (MILESTONES
+ * in harness.ts).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { IMAGE_ID, bump, childRuntime } from './harness.js';
@@ -29,10 +33,15 @@ async function step(op: string, fn: () => Promise<unknown>): Promise<void> {
 }
 
 while (!rt.stopped()) {
-  await step('cleans', () => cache.clean(0));
-  if (prng.next() < P_DELETE) await step('deletes', () => cache.deleteCachedImage(IMAGE_ID));
-  if (prng.next() < P_VERIFY) await step('verifies', () => cache.verify());
-  if (prng.next() < P_PRUNE) await step('prunes', () => cache.prune());
+  if (!rt.pending('takeovers')) await step('cleans', () => cache.clean(0));
+  // Drawn whether or not held off, so that the same seed makes the same choices.
+  const deleting = prng.next() < P_DELETE;
+  const verifying = prng.next() < P_VERIFY;
+  const pruning = prng.next() < P_PRUNE;
+  const readsPending = rt.pending('reads');
+  if (deleting && !readsPending) await step('deletes', () => cache.deleteCachedImage(IMAGE_ID));
+  if (verifying) await step('verifies', () => cache.verify());
+  if (pruning && !readsPending) await step('prunes', () => cache.prune());
   // Pacing, not a handshake: a janitor that never paused would clean up every
   // dead writer's file before any writer could take it over.
   await sleep(prng.int(4, 16));

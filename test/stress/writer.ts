@@ -21,9 +21,10 @@ const ACTIONS: Readonly<Record<WriterAction, number>> = { commit: 40, abort: 25,
 
 /**
  * The first claim of each first-generation writer follows this script (by
- * slot), so that even a short run is sure to reach each path early, while
- * other writers are alive to take over a killed one's file; every later
- * choice is the PRNG's.
+ * slot), so that even a short run reaches each path early, while other
+ * writers are alive to take over a killed one's file (MILESTONES in
+ * harness.ts make sure of it whatever the timing); every later choice is the
+ * PRNG's.
  */
 const FIRST_ACTIONS: readonly WriterAction[] = ['kill-in-write', 'commit', 'abort', 'kill-in-commit'];
 
