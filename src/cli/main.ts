@@ -6,13 +6,12 @@
  * errors are printed.
  */
 import { Command, CommanderError } from 'commander';
-import { ImageCacheError } from '../errors.js';
+import { ImageCacheError, RemoteError } from '../errors.js';
 import { addMaintenanceCommands } from './maintenance.js';
 import { addManageCommands } from './manage.js';
 import { addNodeCommands } from './node-commands.js';
 import { addGlobalOptions } from './options.js';
 import { addPrefetchCommand } from './prefetch.js';
-import { RemoteError } from './remote.js';
 
 /** The old names, gone for Glance's; each says what replaced it instead of "unknown command". */
 const RETIRED: Record<string, string> = {
@@ -76,8 +75,9 @@ function report(err: unknown, command: string): number {
     return err.exitCode === 0 ? 0 : 2;
   }
   const prefix = `image-cache${command === '' ? '' : ` ${command}`}: `;
-  if (err instanceof ImageCacheError) process.stderr.write(`${prefix}${err.message} [${err.code}]\n`);
-  else if (err instanceof RemoteError) process.stderr.write(`${prefix}${err.message}\n`);
+  // A node's error reads as the node said it (its status and message), without a code of ours.
+  if (err instanceof RemoteError) process.stderr.write(`${prefix}${err.message}\n`);
+  else if (err instanceof ImageCacheError) process.stderr.write(`${prefix}${err.message} [${err.code}]\n`);
   else process.stderr.write(`${prefix}${(err as Error).stack ?? String(err)}\n`);
   return 1;
 }
