@@ -60,7 +60,9 @@ function buildProgram(): Command {
   program.addHelpText('after', `
 Options come from, lowest precedence first: the config file's [DEFAULT] section (a glance-api.conf works), environment
 variables (IMAGE_CACHE_ and the option's name in upper case: IMAGE_CACHE_DIR, IMAGE_CACHE_MAX_SIZE, IMAGE_CACHE_BIND_PORT, ...),
-then flags. import and prefetch --local find the local image store in --filesystem-store-datadir, IMAGE_CACHE_FILESYSTEM_STORE_DATADIR,
+then flags. Sizes are bytes or take a binary unit: 512M, 10G (K, M, G, T: powers of 1024; 10GiB too, not 10GB).
+The commands on the cache directory use ./var/cache, serve's default, when no image_cache_dir is given and it exists.
+import and prefetch --local find the local image store in --filesystem-store-datadir, IMAGE_CACHE_FILESYSTEM_STORE_DATADIR,
 the config file's [glance_store] or [DEFAULT] section, else ./var/images. With --url, the token is --token or OS_AUTH_TOKEN.
 Exit status: 0 done, 1 failed (the error is on stderr), 2 usage error (nothing was opened or created).
 'image-cache COMMAND --help' describes a command.`);

@@ -12,6 +12,8 @@ export type Parsed<T> = { value: T } | { invalid: string };
 export interface OptionType<T> {
   /** The placeholder of the option's flag in --help (`--bind-port <PORT>`). */
   readonly metavar: string;
+  /** What the rule accepts, in a few words (the README's option table). */
+  readonly summary: string;
   /** Numbers given to the library are checked as their decimal text is (so 1.5 and 1e21 are refused as "1.5" is). */
   readonly numeric: boolean;
   /** The value of `text`, as a file, the environment or a flag gives it. */
@@ -47,10 +49,11 @@ function range(min: number, max: number): string {
   return max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`;
 }
 
-/** A whole number from `min` to `max`; `what` says what it counts ("whole seconds"). */
-function wholeNumber(metavar: string, what: string, min: number, max: number): OptionType<number> {
+/** A whole number from `min` to `max`; `what` says what it counts in messages ("whole seconds"), `noun` in the README ("seconds"). */
+function wholeNumber(metavar: string, noun: string, what: string, min: number, max: number): OptionType<number> {
   return {
     metavar,
+    summary: `${noun}, ${range(min, max).replace(/^from /, '')}`,
     numeric: true,
     parse(text) {
       const n = Number(text);
@@ -61,13 +64,13 @@ function wholeNumber(metavar: string, what: string, min: number, max: number): O
 }
 
 /** Seconds, whole, as Glance's timeouts and intervals are. */
-export const seconds = (min: number, max = Number.MAX_SAFE_INTEGER): OptionType<number> => wholeNumber('SECONDS', 'whole seconds', min, max);
+export const seconds = (min: number, max = Number.MAX_SAFE_INTEGER): OptionType<number> => wholeNumber('SECONDS', 'seconds', 'whole seconds', min, max);
 
 /** A TCP port; 0 lets the system pick a free one. */
-export const port: OptionType<number> = wholeNumber('PORT', 'a port', 0, 65535);
+export const port: OptionType<number> = wholeNumber('PORT', 'port', 'a port', 0, 65535);
 
 /** A number of things (processes, fetches at once). */
-export const count = (min: number, max: number): OptionType<number> => wholeNumber('N', 'a whole number', min, max);
+export const count = (min: number, max: number): OptionType<number> => wholeNumber('N', 'whole number', 'a whole number', min, max);
 
 /** The binary units of a size: K, M, G, T, alone or as KiB, MiB, GiB, TiB, in either case. */
 const UNITS: Record<string, number> = { k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
@@ -80,6 +83,7 @@ const SIZE = /^(\d+)(?:([kmgt])(?:ib)?)?$/i;
  */
 export const bytes: OptionType<number> = {
   metavar: 'SIZE',
+  summary: 'size: bytes, or K, M, G, T',
   numeric: true,
   parse(text) {
     const match = SIZE.exec(text);
@@ -94,17 +98,19 @@ export const bytes: OptionType<number> = {
 export function oneOf<T extends string>(choices: readonly T[], metavar: string): OptionType<T> {
   return {
     metavar,
+    summary: choices.join(', '),
     numeric: false,
     parse: (text) => ((choices as readonly string[]).includes(text) ? { value: text as T } : { invalid: `must be one of ${choices.join(', ')}, not ${JSON.stringify(text)}` }),
   };
 }
 
 /** Any text (a host name, a role, a token, a database URL that the driver judges). */
-export const text = (metavar: string): OptionType<string> => ({ metavar, numeric: false, parse: (value) => ({ value }) });
+export const text = (metavar: string): OptionType<string> => ({ metavar, summary: 'text', numeric: false, parse: (value) => ({ value }) });
 
 /** A directory or file, as given (relative ones are resolved against the working directory by whoever opens them). */
 export const filePath = (metavar: string): OptionType<string> => ({
   metavar,
+  summary: 'path',
   numeric: false,
   parse: (value) => (value === '' || value.includes('\0') ? { invalid: `must be a path, not ${JSON.stringify(value)}` } : { value }),
 });
@@ -112,6 +118,7 @@ export const filePath = (metavar: string): OptionType<string> => ({
 /** A plain file name, inside a directory the cache owns: no separator, not . or .. */
 export const fileName: OptionType<string> = {
   metavar: 'NAME',
+  summary: 'file name',
   numeric: false,
   parse: (value) =>
     (value === '' || value.includes('/') || value.includes('\0') || value === '.' || value === '..'
@@ -122,6 +129,7 @@ export const fileName: OptionType<string> = {
 /** An http:// or https:// URL. */
 export const httpUrl: OptionType<string> = {
   metavar: 'URL',
+  summary: 'http(s) URL',
   numeric: false,
   parse(value) {
     const ok = URL.canParse(value) && ['http:', 'https:'].includes(new URL(value).protocol);
@@ -132,6 +140,7 @@ export const httpUrl: OptionType<string> = {
 /** A location path of a proxy in front, starting and ending with / (/_image_cache/). */
 export const locationPrefix: OptionType<string> = {
   metavar: 'LOCATION',
+  summary: 'location path',
   numeric: false,
   parse: (value) =>
     (/^\/[A-Za-z0-9._~/-]*\/$/.test(value) ? { value } : { invalid: `must be a location path that starts and ends with / (such as /_image_cache/), not ${JSON.stringify(value)}` }),

@@ -82,7 +82,7 @@ export const OPTIONS = {
     type: filePath('DIR'),
     default: 'var/cache',
     shownDefault: './var/cache',
-    help: 'the cache directory (the library has no default; commands on the directory use ./var/cache only if it exists)',
+    help: 'the cache directory; `serve` creates it, the commands on the directory use ./var/cache only if it exists, the library has no default',
   }),
   imageCacheDriver: option('cache', 'image_cache_driver', { type: oneOf(DRIVER_NAMES, 'DRIVER'), default: 'sqlite', help: 'the metadata driver (see Drivers)' }),
   imageCacheMaxSize: option('cache', 'image_cache_max_size', {
@@ -94,11 +94,11 @@ export const OPTIONS = {
   imageCacheStallTime: option('cache', 'image_cache_stall_time', { type: seconds(0), default: 86_400, help: 'seconds after which an unfinished download no writer holds is abandoned' }),
   imageCacheSqliteDb: option('cache', 'image_cache_sqlite_db', { type: fileName, default: 'cache.db', help: 'the sqlite driver\'s file, in the cache directory' }),
   // The driver judges these two (its configure()), so that the library keeps Glance's fallback to sqlite.
-  workerSelfReferenceUrl: option('cache', 'worker_self_reference_url', { type: text('URL'), help: 'this node\'s URL, for centralized_db' }),
+  workerSelfReferenceUrl: option('cache', 'worker_self_reference_url', { type: text('URL'), help: 'this node\'s URL as the other nodes reach it, for centralized_db (the driver checks it)' }),
   databaseConnection: option('cache', 'database_connection', {
     type: text('URL'),
     places: [['DEFAULT', 'database_connection'], ['database', 'connection']],
-    help: 'the PostgreSQL URL, for centralized_db; also read from [database] connection, where glance-api.conf keeps it',
+    help: 'the PostgreSQL URL, for centralized_db (the driver checks it)',
   }),
 
   bindHost: option('node', 'bind_host', { type: text('HOST'), default: '127.0.0.1', help: 'the address to listen on' }),
@@ -109,7 +109,7 @@ export const OPTIONS = {
     default: 'var/images',
     shownDefault: './var/images',
     places: [['glance_store', 'filesystem_store_datadir'], ['DEFAULT', 'filesystem_store_datadir']],
-    help: 'the local image directory, the source without an upstream; read from [glance_store] first, where glance-api.conf keeps it',
+    help: 'the local image directory (`<dir>/<id>`): the source without an upstream',
   }),
   workers: option('node', 'workers', { type: count(0, 256), default: 1, help: 'processes sharing the port and the cache directory (node:cluster); 0 and 1 both mean one' }),
   upstreamTimeout: option('node', 'upstream_timeout', { type: seconds(1), default: 60, help: 'seconds the source may keep a request or a fill waiting for its next bytes' }),
