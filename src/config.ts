@@ -7,14 +7,13 @@ import path from 'node:path';
 import { Configuration, findInFile, type ConfigSources } from './config/load.js';
 import { parseIni } from './config/ini.js';
 import { parseValue } from './config/option-types.js';
-import { ALL_OPTIONS, OPTIONS, optionsOf, type OptionSpec } from './config/schema.js';
+import { ALL_OPTIONS, OPTIONS, optionsOf, type DriverName, type OptionSpec } from './config/schema.js';
 import { InvalidOption } from './errors.js';
 import type { CacheIo } from './fs/io.js';
 import type { Logger } from './log.js';
 
 export { DRIVER_NAMES, envName, type DriverName } from './config/schema.js';
 export { parseIni } from './config/ini.js';
-import type { DriverName } from './config/schema.js';
 
 /** Options of the cache, named after Glance's configuration options (camelCased). */
 export interface ImageCacheOptions {
