@@ -1,9 +1,19 @@
+/**
+ * The image cache's options as the library takes them (ImageCacheOptions)
+ * and checks them (resolveOptions), by the rules of the one schema
+ * (config/schema.ts) that the commands and the node read too.
+ */
+import path from 'node:path';
+import { Configuration, findInFile, type ConfigSources } from './config/load.js';
+import { parseIni } from './config/ini.js';
+import { parseValue } from './config/option-types.js';
+import { ALL_OPTIONS, OPTIONS, optionsOf, type DriverName, type OptionSpec } from './config/schema.js';
 import { InvalidOption } from './errors.js';
 import type { CacheIo } from './fs/io.js';
 import type { Logger } from './log.js';
 
-export const DRIVER_NAMES = ['sqlite', 'xattr', 'centralized_db'] as const;
-export type DriverName = (typeof DRIVER_NAMES)[number];
+export { DRIVER_NAMES, envName, type DriverName } from './config/schema.js';
+export { parseIni } from './config/ini.js';
 
 /** Options of the cache, named after Glance's configuration options (camelCased). */
 export interface ImageCacheOptions {
@@ -41,22 +51,25 @@ export interface ResolvedOptions {
   io: CacheIo | undefined;
 }
 
-const OPTION_NAMES: ReadonlySet<string> = new Set([
-  'imageCacheDir', 'imageCacheDriver', 'imageCacheMaxSize', 'imageCacheStallTime', 'imageCacheSqliteDb',
-  'workerSelfReferenceUrl', 'databaseConnection', 'logger', 'io',
-] satisfies Array<keyof ImageCacheOptions>);
+/** The options ImageCacheOptions takes from the schema, by field name. */
+const CACHE_KEYS = ['imageCacheDir', 'imageCacheDriver', 'imageCacheMaxSize', 'imageCacheStallTime', 'imageCacheSqliteDb', 'workerSelfReferenceUrl', 'databaseConnection'] as const;
+type CacheKey = (typeof CACHE_KEYS)[number];
+const CACHE_OPTIONS: ReadonlyArray<readonly [CacheKey, OptionSpec]> = CACHE_KEYS.map((key) => [key, OPTIONS[key] as OptionSpec]);
+
+const OPTION_NAMES: ReadonlySet<string> = new Set([...CACHE_KEYS, 'logger', 'io'] satisfies Array<keyof ImageCacheOptions>);
 
 export const DEFAULTS = {
-  imageCacheDriver: 'sqlite' as DriverName,
-  imageCacheMaxSize: 10 * 1024 ** 3,
-  imageCacheStallTime: 86_400,
-  imageCacheSqliteDb: 'cache.db',
+  imageCacheDriver: OPTIONS.imageCacheDriver.default,
+  imageCacheMaxSize: OPTIONS.imageCacheMaxSize.default,
+  imageCacheStallTime: OPTIONS.imageCacheStallTime.default,
+  imageCacheSqliteDb: OPTIONS.imageCacheSqliteDb.default,
 };
 
 /**
  * Validates options and fills in defaults. An unset cache directory is left to
  * the driver's configure(), which reports it as BadDriverConfiguration the way
- * Glance does; everything else that is wrong is an InvalidOption naming the option.
+ * Glance does; everything else that is wrong is an InvalidOption naming the
+ * option, by the rule of its type (a size must be whole bytes: 1.5 is refused).
  */
 export function resolveOptions(options: ImageCacheOptions): ResolvedOptions {
   if (options === null || typeof options !== 'object') throw new InvalidOption('options', 'must be an object');
@@ -66,119 +79,74 @@ export function resolveOptions(options: ImageCacheOptions): ResolvedOptions {
     }
     if (!OPTION_NAMES.has(key)) throw new InvalidOption(key, `is not an option of the image cache (options: ${[...OPTION_NAMES].join(', ')})`);
   }
-  const driver = options.imageCacheDriver ?? DEFAULTS.imageCacheDriver;
-  if (!DRIVER_NAMES.includes(driver)) {
-    throw new InvalidOption('image_cache_driver', `must be one of ${DRIVER_NAMES.join(', ')}, not ${JSON.stringify(driver)}`);
-  }
-  const sqliteDb = options.imageCacheSqliteDb ?? DEFAULTS.imageCacheSqliteDb;
-  if (typeof sqliteDb !== 'string' || sqliteDb.length === 0 || sqliteDb.includes('/') || sqliteDb.includes('\0') || sqliteDb === '.' || sqliteDb === '..') {
-    throw new InvalidOption('image_cache_sqlite_db', 'must be a plain file name inside the cache directory');
-  }
+  const checked = <T>(spec: OptionSpec<T>, given: unknown): T | undefined => {
+    if (given === undefined) return spec.default;
+    const parsed = parseValue(spec.type, given);
+    if ('invalid' in parsed) throw new InvalidOption(spec.name, parsed.invalid);
+    return parsed.value;
+  };
   return {
     imageCacheDir: options.imageCacheDir,
-    imageCacheDriver: driver,
-    imageCacheMaxSize: nonNegative('image_cache_max_size', options.imageCacheMaxSize, DEFAULTS.imageCacheMaxSize),
-    imageCacheStallTime: nonNegative('image_cache_stall_time', options.imageCacheStallTime, DEFAULTS.imageCacheStallTime),
-    imageCacheSqliteDb: sqliteDb,
-    workerSelfReferenceUrl: options.workerSelfReferenceUrl,
-    databaseConnection: options.databaseConnection,
+    imageCacheDriver: checked(OPTIONS.imageCacheDriver, options.imageCacheDriver)!,
+    imageCacheMaxSize: checked(OPTIONS.imageCacheMaxSize, options.imageCacheMaxSize)!,
+    imageCacheStallTime: checked(OPTIONS.imageCacheStallTime, options.imageCacheStallTime)!,
+    imageCacheSqliteDb: checked(OPTIONS.imageCacheSqliteDb, options.imageCacheSqliteDb)!,
+    workerSelfReferenceUrl: checked(OPTIONS.workerSelfReferenceUrl, options.workerSelfReferenceUrl),
+    databaseConnection: checked(OPTIONS.databaseConnection, options.databaseConnection),
     logger: options.logger,
     io: options.io,
   };
 }
 
-function nonNegative(name: string, value: number | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-    throw new InvalidOption(name, `must be a number >= 0, not ${JSON.stringify(value)}`);
-  }
-  return value;
+/**
+ * The cache's options that `config` sets (the library fills in the rest),
+ * each checked now so that a bad one is named with where it was set.
+ * image_cache_dir is made absolute; unset, it is left unset.
+ */
+export function cacheOptionsFrom(config: Configuration): Partial<ImageCacheOptions> {
+  const options: Partial<Record<CacheKey, unknown>> = {};
+  for (const [key, spec] of CACHE_OPTIONS) if (config.isSet(spec)) options[key] = config.get(spec);
+  if (typeof options.imageCacheDir === 'string') options.imageCacheDir = path.resolve(options.imageCacheDir);
+  return options as Partial<ImageCacheOptions>;
 }
 
-/** Glance's option names (snake_case, as in glance-api.conf) mapped to ours. */
-const GLANCE_NAMES: Record<string, keyof ImageCacheOptions> = {
-  image_cache_dir: 'imageCacheDir',
-  image_cache_driver: 'imageCacheDriver',
-  image_cache_max_size: 'imageCacheMaxSize',
-  image_cache_stall_time: 'imageCacheStallTime',
-  image_cache_sqlite_db: 'imageCacheSqliteDb',
-  worker_self_reference_url: 'workerSelfReferenceUrl',
-  database_connection: 'databaseConnection',
-};
-const NUMERIC = new Set<keyof ImageCacheOptions>(['imageCacheMaxSize', 'imageCacheStallTime']);
+/** The cache's options from a config file, the environment and flags (Configuration.load). */
+export function loadCacheOptions(sources: ConfigSources): Partial<ImageCacheOptions> {
+  return cacheOptionsFrom(Configuration.load(sources));
+}
 
 /** Options from Glance-style key/value strings (an INI section, the environment); unknown keys are ignored. */
 export function optionsFromGlanceSettings(settings: Record<string, string | undefined>): Partial<ImageCacheOptions> {
-  const out: Record<string, unknown> = {};
-  for (const [glanceName, ours] of Object.entries(GLANCE_NAMES)) {
-    const raw = settings[glanceName];
+  const out: Partial<Record<CacheKey, unknown>> = {};
+  for (const [key, spec] of CACHE_OPTIONS) {
+    const raw = settings[spec.name];
     if (raw === undefined || raw === '') continue;
-    if (NUMERIC.has(ours)) {
-      const n = Number(raw);
-      if (!Number.isFinite(n)) throw new InvalidOption(glanceName, `must be a number, not ${JSON.stringify(raw)}`);
-      out[ours] = n;
-    } else {
-      out[ours] = raw;
-    }
+    const parsed = spec.type.parse(raw);
+    if ('invalid' in parsed) throw new InvalidOption(spec.name, parsed.invalid);
+    out[key] = parsed.value;
   }
   return out as Partial<ImageCacheOptions>;
 }
 
-/**
- * The environment variable of an option: IMAGE_CACHE_ and its name in upper
- * case (IMAGE_CACHE_BIND_PORT), or just the upper case for the names that
- * start with image_cache_ already (IMAGE_CACHE_DIR).
- */
-export function envName(glanceName: string): string {
-  const upper = glanceName.toUpperCase();
-  return upper.startsWith('IMAGE_CACHE_') ? upper : `IMAGE_CACHE_${upper}`;
-}
-
-/** The same options from environment variables (see envName). */
+/** The same options from environment variables (IMAGE_CACHE_DIR, IMAGE_CACHE_MAX_SIZE, ...). */
 export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<ImageCacheOptions> {
-  const settings: Record<string, string | undefined> = {};
-  for (const glanceName of Object.keys(GLANCE_NAMES)) settings[glanceName] = env[envName(glanceName)];
-  return optionsFromGlanceSettings(settings);
+  return optionsFromGlanceSettings(Object.fromEntries(optionsOf('cache').map((spec) => [spec.name, env[spec.env]])));
 }
 
 /**
- * The settings of a glance-api.conf-style INI file that concern the cache:
- * its [DEFAULT] section, plus [database] connection as database_connection
- * (where Glance keeps it) unless [DEFAULT] names one itself, and
- * [glance_store] filesystem_store_datadir, which wins over [DEFAULT]'s as
- * oslo.config lets an option's group win over its deprecated place in [DEFAULT].
+ * The settings of a glance-api.conf-style INI file, by option name, each from
+ * where the schema says the file keeps it: [DEFAULT], [database] connection
+ * as database_connection (unless [DEFAULT] names one itself), [glance_store]
+ * filesystem_store_datadir (which wins over [DEFAULT]'s, as oslo.config lets
+ * an option's group win over its deprecated place). [keystone_authtoken] is the node's.
  */
 export function parseGlanceConfig(text: string): Record<string, string> {
-  return glanceSettings(parseIni(text));
-}
-
-/** parseGlanceConfig of sections parsed already. */
-export function glanceSettings(sections: Map<string, Record<string, string>>): Record<string, string> {
-  const out = { ...(sections.get('DEFAULT') ?? {}) };
-  const connection = sections.get('database')?.connection;
-  if (out.database_connection === undefined && connection !== undefined) out.database_connection = connection;
-  const storeDir = sections.get('glance_store')?.filesystem_store_datadir;
-  if (storeDir !== undefined) out.filesystem_store_datadir = storeDir;
-  return out;
-}
-
-/** Every section of an INI file, by name, as key/value strings. */
-export function parseIni(text: string): Map<string, Record<string, string>> {
-  const sections = new Map<string, Record<string, string>>();
-  let current: Record<string, string> | undefined;
-  for (const rawLine of text.split(/\r?\n/)) {
-    const line = rawLine.trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) {
-      const name = header[1]!.trim();
-      current = sections.get(name) ?? {};
-      sections.set(name, current);
-      continue;
-    }
-    const eq = line.search(/[=:]/);
-    if (current === undefined || eq <= 0) continue;
-    current[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
+  const sections = parseIni(text);
+  const out: Record<string, string> = {};
+  for (const spec of ALL_OPTIONS) {
+    if (spec.scope === 'keystone') continue;
+    const found = findInFile(sections, spec);
+    if (found !== undefined) out[spec.name] = found.value;
   }
-  return sections;
+  return out;
 }

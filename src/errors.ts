@@ -169,3 +169,39 @@ export class MetadataStoreUnavailable extends ImageCacheError {
     super('ERR_METADATA_STORE_UNAVAILABLE', `the ${driverName} driver's metadata store is unavailable: ${cause.message}`, { cause });
   }
 }
+
+/**
+ * A bad value in the configuration of a command or the node: names the
+ * option and where it was set (a file, an environment variable, a flag), so
+ * that the operator knows what to change. `origin` is undefined where the
+ * option itself says where (`--config-file FILE cannot be read`).
+ */
+export class ConfigurationError extends ImageCacheError {
+  readonly option: string;
+  readonly origin: string | undefined;
+  constructor(option: string, origin: string | undefined, reason: string) {
+    super('ERR_CONFIGURATION', `${option}${origin === undefined ? '' : ` (${origin})`} ${reason}`);
+    this.option = option;
+    this.origin = origin;
+  }
+}
+
+/** Wrong usage of a command, found by its own checks (after commander's): exit 2, and nothing has been opened or created. */
+export class UsageError extends ImageCacheError {
+  constructor(message: string) {
+    super('ERR_USAGE', message);
+  }
+}
+
+/**
+ * A node's cache API answered with an error status (`status`; its message is
+ * Glance's `{"message": ...}` when it sent one), or could not be reached or
+ * did not answer in time (`status` undefined).
+ */
+export class RemoteError extends ImageCacheError {
+  readonly status: number | undefined;
+  constructor(status: number | undefined, message: string) {
+    super('ERR_REMOTE', message);
+    this.status = status;
+  }
+}

@@ -5,17 +5,13 @@
  * line); usage errors as exit 2, raised before anything is opened.
  */
 import { Command } from 'commander';
+import { UsageError } from '../errors.js';
+
+/** Moved to errors.ts with the other error classes; exported here still for the code that imports it from here. */
+export { UsageError } from '../errors.js';
 
 /** Options by their flag names (`image-cache-dir`), the command's own and the global ones. */
 export type Flags = Record<string, string | boolean | undefined>;
-
-/** Wrong usage found by a command's own checks (after commander's): exit 2, and nothing has been opened or created. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
 
 /** commander's code for the usage errors our checks raise (its own are `commander.*`). */
 export const USAGE_ERROR_CODE = 'image-cache.usage';

@@ -6,13 +6,12 @@
  * errors are printed.
  */
 import { Command, CommanderError } from 'commander';
-import { ImageCacheError } from '../errors.js';
+import { ImageCacheError, RemoteError } from '../errors.js';
 import { addMaintenanceCommands } from './maintenance.js';
 import { addManageCommands } from './manage.js';
 import { addNodeCommands } from './node-commands.js';
 import { addGlobalOptions } from './options.js';
 import { addPrefetchCommand } from './prefetch.js';
-import { RemoteError } from './remote.js';
 
 /** The old names, gone for Glance's; each says what replaced it instead of "unknown command". */
 const RETIRED: Record<string, string> = {
@@ -61,7 +60,9 @@ function buildProgram(): Command {
   program.addHelpText('after', `
 Options come from, lowest precedence first: the config file's [DEFAULT] section (a glance-api.conf works), environment
 variables (IMAGE_CACHE_ and the option's name in upper case: IMAGE_CACHE_DIR, IMAGE_CACHE_MAX_SIZE, IMAGE_CACHE_BIND_PORT, ...),
-then flags. import and prefetch --local find the local image store in --filesystem-store-datadir, IMAGE_CACHE_FILESYSTEM_STORE_DATADIR,
+then flags. Sizes are bytes or take a binary unit: 512M, 10G (K, M, G, T: powers of 1024; 10GiB too, not 10GB).
+The commands on the cache directory use ./var/cache, serve's default, when no image_cache_dir is given and it exists.
+import and prefetch --local find the local image store in --filesystem-store-datadir, IMAGE_CACHE_FILESYSTEM_STORE_DATADIR,
 the config file's [glance_store] or [DEFAULT] section, else ./var/images. With --url, the token is --token or OS_AUTH_TOKEN.
 Exit status: 0 done, 1 failed (the error is on stderr), 2 usage error (nothing was opened or created).
 'image-cache COMMAND --help' describes a command.`);
@@ -76,8 +77,9 @@ function report(err: unknown, command: string): number {
     return err.exitCode === 0 ? 0 : 2;
   }
   const prefix = `image-cache${command === '' ? '' : ` ${command}`}: `;
-  if (err instanceof ImageCacheError) process.stderr.write(`${prefix}${err.message} [${err.code}]\n`);
-  else if (err instanceof RemoteError) process.stderr.write(`${prefix}${err.message}\n`);
+  // A node's error reads as the node said it (its status and message), without a code of ours.
+  if (err instanceof RemoteError) process.stderr.write(`${prefix}${err.message}\n`);
+  else if (err instanceof ImageCacheError) process.stderr.write(`${prefix}${err.message} [${err.code}]\n`);
   else process.stderr.write(`${prefix}${(err as Error).stack ?? String(err)}\n`);
   return 1;
 }

@@ -5,7 +5,9 @@
  */
 import type { Command } from 'commander';
 import type { VerifyResult } from '../types.js';
-import { action, subcommand, UsageError, type Flags } from './command.js';
+import { OPTIONS } from '../config/schema.js';
+import { UsageError } from '../errors.js';
+import { action, subcommand, type Flags } from './command.js';
 import { count, formatSize, print, printJson } from './format.js';
 import { localCacheOptions, withCache } from './options.js';
 
@@ -42,12 +44,13 @@ function maintenanceCommand(program: Command, name: string, args: string, summar
   return subcommand(program, name, `${args === '' ? '' : `${args} `}[--json]`, summary).option('--json', 'prints the counts as JSON');
 }
 
+/** --stall-time: image_cache_stall_time for this run, by that option's rule. */
 function stallTimeOf(flags: Flags): number | undefined {
   const raw = flags['stall-time'];
-  if (raw === undefined) return undefined;
-  const seconds = Number(raw);
-  if (typeof raw !== 'string' || raw.trim() === '' || !(seconds >= 0)) throw new UsageError(`--stall-time SECONDS must be a number >= 0, not ${JSON.stringify(raw)}`);
-  return seconds;
+  if (typeof raw !== 'string') return undefined;
+  const parsed = OPTIONS.imageCacheStallTime.type.parse(raw);
+  if ('invalid' in parsed) throw new UsageError(`--stall-time SECONDS ${parsed.invalid}`);
+  return parsed.value;
 }
 
 function describeRepairs(result: VerifyResult): string {

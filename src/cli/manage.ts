@@ -9,7 +9,7 @@ import { count, formatSize, formatTime, print, printJson, table } from './format
 import { withManager, type CacheManager, type Outcome, type ProgressFactory } from './managers.js';
 import { startProgress } from './progress.js';
 import type { WireCachedImage } from '../cache/wire.js';
-import { RemoteError } from './remote.js';
+import { RemoteError } from '../errors.js';
 import { addTargetOptions, checkImageIds, resolveTarget, TARGET_SYNOPSIS } from './target.js';
 
 export function addManageCommands(program: Command): void {

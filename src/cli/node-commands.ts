@@ -6,31 +6,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { ImageCacheError } from '../errors.js';
+import { optionsOf, OPTIONS } from '../config/schema.js';
+import { UsageError } from '../errors.js';
 import { isValidImageId } from '../image-id.js';
-import { loadServeConfig, SERVER_FLAG_NAMES, type ServeConfig } from '../server/config.js';
+import { serveConfigFrom, type ServeConfig } from '../server/config.js';
 import { serve } from '../server/serve.js';
 import { importImage } from '../sources/local-directory.js';
-import { action, subcommand, UsageError, type Flags } from './command.js';
+import { action, subcommand, type Flags } from './command.js';
 import { print, printJson } from './format.js';
-import { loadStoreDir } from './options.js';
-
-/** What each of the node's flags sets (the README's table says more); a flag missing here still works, described by its option's name. */
-const SERVER_FLAG_HELP: Record<string, string> = {
-  'bind-host': 'the address to listen on (default 127.0.0.1)',
-  'bind-port': 'the port (default 9292; 0 picks a free one)',
-  'upstream-url': 'the Glance to front (default: none, images come from filesystem_store_datadir)',
-  'filesystem-store-datadir': 'the local image directory, without an upstream (default ./var/images)',
-  workers: 'processes sharing the port and the cache directory (default 1)',
-  'upstream-timeout': 'seconds the source may keep a request or a fill waiting (default 60)',
-  'client-header-timeout': 'seconds a client may take to send its request headers; then 408 (default 60)',
-  'auth-strategy': 'noauth or keystone: whether an upstream 404 proves an image gone (default noauth)',
-  'x-accel-redirect': 'with nginx in front: the internal location it serves the cache directory under',
-  'upstream-token': 'the token of the fetches nobody asked for (prefetching)',
-  'image-cache-prefetch-workers': 'queued images fetched at once (default 1)',
-  'image-cache-prune-interval': 'seconds between prunes on a timer (default 300; 0: none)',
-  'image-cache-clean-interval': 'seconds between cleans on a timer (default 3600; 0: none)',
-};
+import { addOptionFlags, flagOf, loadStoreDir, readConfiguration } from './options.js';
 
 export function addNodeCommands(program: Command): void {
   program.commandsGroup('The cache node and its local image store:');
@@ -41,7 +25,7 @@ export function addNodeCommands(program: Command): void {
     '[--bind-host HOST] [--bind-port PORT] [--upstream-url URL] [--workers N] ...',
     'the cache node: Glance\'s image download path in front of upstream_url (or the local image store), on bind_host:bind_port',
   );
-  for (const name of SERVER_FLAG_NAMES) serveCommand.option(`--${name} <VALUE>`, SERVER_FLAG_HELP[name] ?? name.replaceAll('-', '_'));
+  addOptionFlags(serveCommand, optionsOf('node'));
   action(serveCommand, async (_args, flags) => {
     await serve(serveConfig(flags));
     return 0;
@@ -56,7 +40,7 @@ export function addNodeCommands(program: Command): void {
     .argument('<FILE>')
     .option('--id <ID>', 'the image\'s ID (default: a new UUID)')
     .option('--name <NAME>', 'the image\'s name (default: the file\'s)')
-    .option('--filesystem-store-datadir <DIR>', 'the store (default: IMAGE_CACHE_FILESYSTEM_STORE_DATADIR, the config file\'s [glance_store] or [DEFAULT], ./var/images)')
+    .option(...flagOf(OPTIONS.filesystemStoreDatadir))
     .option('--json', 'prints the image document instead of the ID');
   action(importCommand, async ([file], flags) => {
     const id = flags.id as string | undefined;
@@ -73,14 +57,7 @@ export function addNodeCommands(program: Command): void {
 
 /** The node's configuration; a bad value is a usage error that names the option and where it was set, before anything is created. */
 function serveConfig(flags: Flags): ServeConfig {
-  const strings: Record<string, string | undefined> = {};
-  for (const [name, value] of Object.entries(flags)) if (typeof value === 'string') strings[name] = value;
-  try {
-    return loadServeConfig(strings['config-file'], strings);
-  } catch (err) {
-    if (err instanceof ImageCacheError) throw new UsageError(err.message);
-    throw err;
-  }
+  return readConfiguration(flags, serveConfigFrom);
 }
 
 /** Why FILE cannot be imported, if it cannot. */

@@ -13,11 +13,13 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
 import type { ImageCache } from '../cache/image-cache.js';
-import { action, subcommand, UsageError } from './command.js';
+import { RemoteError, UsageError } from '../errors.js';
+import { action, subcommand } from './command.js';
 import { count, formatSize, print, printJson } from './format.js';
-import { loadStoreDir, withCache } from './options.js';
+import { OPTIONS } from '../config/schema.js';
+import { flagOf, loadStoreDir, withCache } from './options.js';
 import { startProgress } from './progress.js';
-import { RemoteError, type CacheApi } from './remote.js';
+import type { CacheApi } from './remote.js';
 import { addTargetOptions, resolveTarget, TARGET_SYNOPSIS } from './target.js';
 
 /** What became of each queued image. `failed`: some image was not cached for a reason other than someone else caching it. */
@@ -40,7 +42,7 @@ export function addPrefetchCommand(program: Command): void {
     'caches every queued image: --local from the local image store; --url by asking the node (PUT /v2/cache/{id}) and waiting for it',
   );
   addTargetOptions(cmd)
-    .addOption(new Option('--filesystem-store-datadir <DIR>', '--local: the image store (default: IMAGE_CACHE_FILESYSTEM_STORE_DATADIR, the config file, ./var/images)').conflicts('url'))
+    .addOption(new Option(...flagOf(OPTIONS.filesystemStoreDatadir)).conflicts('url'))
     .addOption(new Option('--timeout <SECONDS>', `--url: how long to wait for the node (default ${DEFAULT_TIMEOUT_SECONDS})`).conflicts('local'))
     .option('--json', 'prints {"cached_images": [...], "not_cached_images": {id: reason}}')
     .addHelpText('after', `

@@ -7,17 +7,10 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { WireCacheListing } from '../cache/wire.js';
+import { RemoteError } from '../errors.js';
 
-/** The node answered with an error status (its message is Glance's `{"message": ...}` when it sent one), or could not be reached. */
-export class RemoteError extends Error {
-  constructor(
-    readonly status: number | undefined,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'RemoteError';
-  }
-}
+/** Moved to errors.ts with the other error classes; exported here still for the code that imports it from here. */
+export { RemoteError } from '../errors.js';
 
 /** How long the node may keep a request waiting for its next bytes. */
 const REQUEST_TIMEOUT_MS = 60_000;
@@ -82,7 +75,7 @@ export class CacheApi {
           reject(new RemoteError(status, `${method} ${url.pathname}: ${status}${reason === undefined ? '' : ` ${reason}`}: ${errorMessage(body)}`));
         });
       });
-      req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new Error(`no answer in ${REQUEST_TIMEOUT_MS / 1000} s`)));
+      req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new RemoteError(undefined, `no answer in ${REQUEST_TIMEOUT_MS / 1000} s`)));
       req.on('error', (err) => reject(new RemoteError(undefined, `cannot reach the node at ${this.url}: ${err.message}`)));
       req.end();
     });

@@ -8,9 +8,10 @@
  */
 import { Option, type Command } from 'commander';
 import type { ImageCacheOptions } from '../config.js';
-import { InvalidImageId } from '../errors.js';
+import { httpUrl } from '../config/option-types.js';
+import { InvalidImageId, UsageError } from '../errors.js';
 import { validateImageId } from '../image-id.js';
-import { UsageError, type Flags } from './command.js';
+import type { Flags } from './command.js';
 import { localCacheOptions } from './options.js';
 import { CacheApi } from './remote.js';
 
@@ -22,16 +23,15 @@ export function addTargetOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--url <URL>', 'a running node (http://host:9292): works through its cache API').conflicts('local'))
     .addOption(new Option('--token <TOKEN>', 'X-Auth-Token for the node (default: OS_AUTH_TOKEN)').conflicts('local'))
-    .option('--local', 'works on the cache directory itself (--image-cache-dir, IMAGE_CACHE_DIR or --config-file)');
+    .option('--local', 'works on the cache directory itself (--image-cache-dir, IMAGE_CACHE_DIR or --config-file; else ./var/cache, serve\'s default, if it exists)');
 }
 
 /** The target the flags name, checked (commander has already refused --url with --local). */
 export function resolveTarget(flags: Flags): Target {
   const url = flags.url;
   if (typeof url === 'string') {
-    if (!URL.canParse(url) || !['http:', 'https:'].includes(new URL(url).protocol)) {
-      throw new UsageError(`--url must be an http:// or https:// URL, not ${JSON.stringify(url)}`);
-    }
+    const parsed = httpUrl.parse(url);
+    if ('invalid' in parsed) throw new UsageError(`--url ${parsed.invalid}`);
     const token = typeof flags.token === 'string' ? flags.token : process.env.OS_AUTH_TOKEN;
     return { kind: 'remote', api: new CacheApi(url, token) };
   }
