@@ -139,10 +139,15 @@ export class WrongImageLength extends ImageCacheError {
   }
 }
 
-/** The source sent nothing for upstream_timeout seconds. */
+/**
+ * An image's bytes stopped coming for upstream_timeout: its source sent
+ * nothing for that long, or, seen from a follower in another process, the
+ * writer of its fill wrote nothing (the node answers 502 either way).
+ * `sender` says which, for the log: 'the source' unless given.
+ */
 export class SourceStalled extends ImageCacheError {
-  constructor(imageId: string, seconds: number) {
-    super('ERR_SOURCE_STALLED', `Image '${imageId}': the source sent nothing for ${seconds} s`);
+  constructor(imageId: string | undefined, seconds: number, sender = 'the source') {
+    super('ERR_SOURCE_STALLED', `${imageId === undefined ? '' : `Image '${imageId}': `}${sender} sent nothing for ${seconds} s`);
   }
 }
 
@@ -153,8 +158,9 @@ export class SourceStalled extends ImageCacheError {
  */
 export class CacheWriteFailed extends ImageCacheError {
   readonly imageId: string;
-  constructor(imageId: string, cause: Error) {
-    super('ERR_CACHE_WRITE_FAILED', `could not write image '${imageId}' to the cache: ${cause.message}`, { cause });
+  /** `cause`: the disk's error, or what is known of it when it happened elsewhere (in another process). */
+  constructor(imageId: string, cause: Error | string) {
+    super('ERR_CACHE_WRITE_FAILED', `could not write image '${imageId}' to the cache: ${typeof cause === 'string' ? cause : cause.message}`, typeof cause === 'string' ? undefined : { cause });
     this.imageId = imageId;
   }
 }
@@ -167,6 +173,70 @@ export class CacheWriteFailed extends ImageCacheError {
 export class MetadataStoreUnavailable extends ImageCacheError {
   constructor(driverName: string, cause: Error) {
     super('ERR_METADATA_STORE_UNAVAILABLE', `the ${driverName} driver's metadata store is unavailable: ${cause.message}`, { cause });
+  }
+}
+
+/** A fill was given up without a publish by a writer in another process (it aborted or died). */
+export class FillAbandoned extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string) {
+    super('ERR_FILL_ABANDONED', `the fill of image '${imageId}' in another process ended without caching it`);
+    this.imageId = imageId;
+  }
+}
+
+/** importImage with an ID the store already holds: stored images are never replaced. */
+export class ImageExists extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string, dir: string) {
+    super('ERR_IMAGE_EXISTS', `Image '${imageId}' already exists in ${dir}; delete it there before importing it again`);
+    this.imageId = imageId;
+  }
+}
+
+/**
+ * A request failed on a reused keep-alive connection before any answer (the
+ * upstream had just closed it); the upstream client sends it again on a new
+ * connection, so this does not leave it.
+ */
+export class StaleConnection extends ImageCacheError {
+  constructor(what: string) {
+    super('ERR_STALE_CONNECTION', `${what}: the kept-alive connection was closed by the upstream before it answered`);
+  }
+}
+
+/** An answer of the upstream (a document, a token) longer than the node reads. */
+export class AnswerTooLong extends ImageCacheError {
+  constructor(limit: number) {
+    super('ERR_ANSWER_TOO_LONG', `the answer is longer than ${limit} bytes`);
+  }
+}
+
+/** A cache file held fewer bytes than its image (or its fill) said: what was sent of it stops there. */
+export class CacheFileShort extends ImageCacheError {
+  constructor(position: number, expected: number) {
+    super('ERR_CACHE_FILE_SHORT', `the cache file ended at byte ${position} of ${expected}`);
+  }
+}
+
+/** The source sent more or fewer bytes than the range asked of it (the rest of an image, after the cache's disk failed). */
+export class WrongRangeLength extends ImageCacheError {
+  constructor(received: number, wanted: number) {
+    super('ERR_WRONG_RANGE_LENGTH', received > wanted ? `the source sent more than the ${wanted} bytes asked for` : `the source sent ${received} of the ${wanted} bytes asked for`);
+  }
+}
+
+/** The reader of a caching stream stopped before the end of the image: nothing of it is cached. */
+export class ReaderStopped extends ImageCacheError {
+  constructor(imageId: string) {
+    super('ERR_READER_STOPPED', `the reader of image '${imageId}' stopped before its end; nothing was cached`);
+  }
+}
+
+/** The hash thread could not hash a fill's file (or was stopped): its checksum is unknown, and nothing is published. */
+export class HashingFailed extends ImageCacheError {
+  constructor(reason: string) {
+    super('ERR_HASHING_FAILED', `hashing the image failed: ${reason}`);
   }
 }
 

@@ -4,7 +4,7 @@ export type { ImageBytes } from './cache/caching-stream.js';
 export type { ImageSource, ImageMetadata, MetadataResult, SourceAnswer, SourceResponse } from './sources/source.js';
 export { GlanceSource } from './sources/glance.js';
 export { Upstream } from './sources/upstream.js';
-export { LocalDirectorySource, importImage, ImageExists } from './sources/local-directory.js';
+export { LocalDirectorySource, importImage } from './sources/local-directory.js';
 export { startNode, type RunningNode } from './server/node.js';
 export { loadServeConfig, ConfigurationError, type ServeConfig, type ServerOptions } from './server/config.js';
 export { Driver, type CacheReadStream, type OpenImageFile } from './drivers/driver.js';
@@ -32,6 +32,8 @@ export {
   WrongImageLength,
   CacheWriteFailed,
   MetadataStoreUnavailable,
+  FillAbandoned,
+  ImageExists,
 } from './errors.js';
 export { validateImageId } from './image-id.js';
 export {

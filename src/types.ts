@@ -25,8 +25,9 @@ export interface ByteRange {
 /**
  * What the image's metadata says its bytes hash to: Glance's md5 `checksum`
  * and/or the multihash pair `os_hash_algo` / `os_hash_value`. A bare string is an md5 checksum.
+ * With `size` (Glance's image size, in bytes), a source that sends more or fewer bytes fails (WrongImageLength).
  */
-export type ExpectedChecksum = string | { checksum?: string | null; osHashAlgo?: string | null; osHashValue?: string | null };
+export type ExpectedChecksum = string | { checksum?: string | null; osHashAlgo?: string | null; osHashValue?: string | null; size?: number | null };
 
 /** What clean() removed: files in invalid/, and abandoned files in incomplete/. */
 export interface CleanResult {

@@ -1,14 +1,16 @@
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import type { Driver } from '../drivers/driver.js';
-import { ImageAlreadyCached, ImageBeingCached } from '../errors.js';
+import { ImageAlreadyCached, ImageBeingCached, ReaderStopped } from '../errors.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import type { Logger } from '../log.js';
 import type { ExpectedChecksum } from '../types.js';
-import { checksumRule, ChecksumVerifier } from './checksum.js';
+import type { ImageCache } from './image-cache.js';
+import { imageCheck, pipeImage } from './image-pipeline.js';
 
 /** Image bytes from anywhere: a stream, or any (async) iterable of chunks (not to be confused with an ImageSource, where images come from). */
 export type ImageBytes = Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
+/** What caching needs of the cache: ImageCache's methods (a Driver has them too). */
+export type CacheForWrites = Pick<ImageCache, 'isCacheable' | 'openForWrite' | 'getImageFilepath'>;
 
 /**
  * Passes the image's bytes to its reader while writing them to the cache. The
@@ -22,7 +24,7 @@ class CacheTee extends Transform {
   private writerFailed = false;
 
   constructor(
-    private readonly driver: Driver,
+    private readonly cache: CacheForWrites,
     private readonly imageId: string,
     private readonly log: Logger,
   ) {
@@ -35,8 +37,8 @@ class CacheTee extends Transform {
 
   private async openWriter(): Promise<void> {
     try {
-      if (!(await this.driver.isCacheable(this.imageId))) return;
-      const writer = await this.driver.openForWrite(this.imageId);
+      if (!(await this.cache.isCacheable(this.imageId))) return;
+      const writer = await this.cache.openForWrite(this.imageId);
       writer.on('error', (err) => {
         this.writerFailed = true;
         this.log.warn({ imageId: this.imageId, err }, 'caching the image failed; still serving it');
@@ -73,7 +75,7 @@ class CacheTee extends Transform {
       callback(error);
       return;
     }
-    writer.destroy(error ?? new Error('the reader stopped before the end of the image'));
+    writer.destroy(error ?? new ReaderStopped(this.imageId));
     settled(writer, 'close').then(() => callback(error));
   }
 }
@@ -93,31 +95,38 @@ function settled(writer: Writable, event: 'drain' | 'finish' | 'close'): Promise
   });
 }
 
-export function createCachingStream(driver: Driver, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageBytes, log: Logger): Readable {
-  driver.validate(imageId);
-  const rule = checksumRule(expected);
-  const tee = new CacheTee(driver, imageId, log);
-  const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
-  const done = rule ? pipeline(input, new ChecksumVerifier(rule), tee) : pipeline(input, tee);
+/**
+ * The source's bytes for a reader, written to the cache on the way (CacheTee)
+ * and checked by the same pipeline as a fill (pipeImage): the length when
+ * `expected` gives a size, then the checksum. The checksum is computed
+ * inline, not on a hash thread reading the cache file back: the reader's
+ * bytes must be verified even when the cache write fails (or never starts).
+ */
+export function createCachingStream(cache: CacheForWrites, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageBytes, log: Logger): Readable {
+  cache.getImageFilepath(imageId); // an ID that cannot name a file is refused now (InvalidImageId), not on the stream
+  const check = imageCheck(imageId, expected);
+  const tee = new CacheTee(cache, imageId, log);
   // Errors reach the reader through the tee itself; nothing more to report here.
-  done.catch(() => {});
+  pipeImage(toReadable(source), { stream: tee }, check).catch(() => {});
   return tee;
 }
 
-/** Caches an image without a reader. False when it is cached or being cached already. */
-export async function cacheFromSource(driver: Driver, imageId: string, source: () => ImageBytes, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
-  driver.validate(imageId);
-  const rule = checksumRule(expected);
-  if (!(await driver.isCacheable(imageId))) return false;
+/** Caches an image without a reader, through the fills' pipeline (its hash thread included). False when it is cached or being cached already. */
+export async function cacheFromSource(cache: CacheForWrites, imageId: string, source: () => ImageBytes, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
+  const incompletePath = cache.getImageFilepath(imageId, 'incomplete');
+  const check = imageCheck(imageId, expected);
+  if (!(await cache.isCacheable(imageId))) return false;
   let writer: CacheWriter;
   try {
-    writer = await driver.openForWrite(imageId);
+    writer = await cache.openForWrite(imageId);
   } catch (err) {
     if (err instanceof ImageBeingCached || err instanceof ImageAlreadyCached) return false;
     throw err;
   }
-  const input = source();
-  if (rule) await pipeline(input, new ChecksumVerifier(rule), writer);
-  else await pipeline(input, writer);
+  await pipeImage(toReadable(source()), { writer, incompletePath }, check);
   return true;
+}
+
+function toReadable(source: ImageBytes): Readable {
+  return source instanceof Readable ? source : Readable.from(source, { objectMode: false });
 }

@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { HashingFailed } from '../errors.js';
 import { HASH_STATE, type HashJob, type HashResult } from './hash-state.js';
 
 /**
@@ -38,7 +39,7 @@ export class FileHasher {
     Atomics.notify(this.state, HASH_STATE.written);
     const result = await this.result;
     if ('digest' in result) return result.digest;
-    throw new Error('error' in result ? `hashing the image failed: ${result.error}` : 'hashing the image was cancelled');
+    throw new HashingFailed('error' in result ? result.error : 'it was cancelled');
   }
 
   /** Stops the thread's work on this file; resolves when it has let go of the descriptor. */

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { CacheWriteFailed } from '../errors.js';
+import { CacheWriteFailed, FillAbandoned, SourceStalled } from '../errors.js';
 import { writerOutcome } from '../fs/claim.js';
 
 /**
@@ -15,25 +15,19 @@ export interface FillProgress {
   changed(seen: number): Promise<void>;
 }
 
-/** A fill was given up without a publish by a writer in another process (it aborted or died). */
-export class FillAbandoned extends Error {
-  readonly code = 'ERR_FILL_ABANDONED';
-  constructor(imageId: string) {
-    super(`the fill of image '${imageId}' in another process ended without caching it`);
-    this.name = 'FillAbandoned';
-  }
-}
-
 /**
- * Resolves once the fill has bytes at `start` (or has committed); rejects with
- * the fill's error if it fails first. A response waits for this before it
- * sends its headers, so a fill that fails at once is answered with a clean 502.
+ * Resolves once the fill has more than `bytes` bytes on disk, or has
+ * committed; rejects with the fill's error if it fails first. The one wait
+ * for a fill: a response waits for its first byte before it sends its
+ * headers (so a fill that fails at once is answered with a clean 502), a
+ * reader that has caught up waits for the next ones, and a prefetch waits
+ * (with `bytes` = Infinity) for the commit.
  */
-export async function untilReadable(progress: FillProgress, start: number): Promise<void> {
+export async function untilWritten(progress: FillProgress, bytes: number): Promise<void> {
   for (;;) {
     const { outcome, written } = progress;
     if (outcome instanceof Error) throw outcome;
-    if (outcome === 'committed' || written > start) return;
+    if (outcome === 'committed' || written > bytes) return;
     await progress.changed(written);
   }
 }
@@ -97,10 +91,11 @@ export class ForeignFillProgress implements FillProgress {
       // A writer removes its file (rather than quarantine it) only when the disk ran out of room:
       // its bytes were right, and the follower may take the rest from the source, as one in its process would.
       this.settled = fs.fstatSync(this.fd).nlink === 0
-        ? new CacheWriteFailed(this.imageId, new Error('the disk ran out of room under the fill of another process'))
+        ? new CacheWriteFailed(this.imageId, 'the disk ran out of room under the fill of another process')
         : new FillAbandoned(this.imageId);
     } else if (Date.now() - this.lastGrowth > this.stallMs) {
-      this.settled = new Error(`the fill of image '${this.imageId}' in another process wrote nothing for ${Math.round(this.stallMs / 1000)} s`);
+      // The same error as a stall of our own fill's source: to the client, the image's bytes stopped coming either way.
+      this.settled = new SourceStalled(this.imageId, this.stallMs / 1000, 'the writer of its fill in another process');
     }
   }
 }

@@ -1,16 +1,11 @@
 import fs from 'node:fs';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { CacheWriteFailed, ChecksumMismatch, SourceStalled, WrongImageLength } from '../errors.js';
+import type { Readable } from 'node:stream';
+import { CacheWriteFailed } from '../errors.js';
 import { isStorageFault } from '../fs/files.js';
 import type { CacheWriter } from '../fs/cache-writer.js';
 import type { ExpectedChecksum } from '../types.js';
-import { checksumRule, ChecksumVerifier, type ChecksumRule } from './checksum.js';
-import { FileHasher } from './file-hasher.js';
 import type { FillProgress } from './fill-progress.js';
-
-/** Images this large are hashed on a hash thread; smaller ones inline, where a thread's round trip would cost more than it saves. */
-const HASH_OFF_THREAD_FROM = 4 * 1024 * 1024;
+import { imageCheck, pipeImage } from './image-pipeline.js';
 
 /** What a fill reports as it goes (metrics). */
 export interface FillEvents {
@@ -19,7 +14,7 @@ export interface FillEvents {
 
 /**
  * One image being fetched from its source into the cache, in this process:
- * source → length and stall guard → checksum → the cache writer. It runs to
+ * source → length and stall guard → checksum → the cache writer (pipeImage). It runs to
  * its end whoever reads it: readers follow it from disk (GrowingFileReader),
  * at their own pace, and a reader that goes away changes nothing.
  *
@@ -43,7 +38,7 @@ export class Fill implements FillProgress {
     readonly size: number,
     private readonly expected: ExpectedChecksum,
     private readonly writer: CacheWriter,
-    incompletePath: string,
+    private readonly incompletePath: string,
   ) {
     this.readFd = fs.openSync(incompletePath, 'r');
     this.done = new Promise((resolve) => {
@@ -74,41 +69,12 @@ export class Fill implements FillProgress {
   /** Streams `source` (a 200 body) into the cache; the outcome is set when it ends. */
   start(source: Readable, stallMs: number, events: FillEvents): void {
     this.source = source;
-    const rule = checksumRule(this.expected);
-    const guard = new LengthGuard(this.imageId, this.size, stallMs, events);
-    const hasher = rule !== undefined && this.size >= HASH_OFF_THREAD_FROM ? FileHasher.tryStart(this.readFd, rule.algorithm) : undefined;
-    let done: Promise<void>;
-    if (rule === undefined) done = pipeline(source, guard, this.writer);
-    else if (hasher === undefined) done = pipeline(source, guard, new ChecksumVerifier(rule), this.writer);
-    else done = this.hashedOffThread(rule, hasher, pipeline(source, guard, this.writer));
-    done.then(
+    const check = imageCheck(this.imageId, this.expected, { size: this.size, stallMs, onBytes: (bytes) => events.upstreamBytes(bytes) });
+    pipeImage(source, { writer: this.writer, incompletePath: this.incompletePath }, check).then(
       () => this.settle('committed'),
       // The disk's failures apart from the source's: the bytes written so far are right, and readers may take the rest from the source.
       (err: Error) => this.settle(isStorageFault(err) ? new CacheWriteFailed(this.imageId, err) : err),
     );
-  }
-
-  /**
-   * The checksum computed on a hash thread from the file as it is written,
-   * and checked by the commit before it publishes: the main thread only
-   * receives, writes and sends. The thread holds the shared descriptor
-   * until it has stopped reading.
-   */
-  private async hashedOffThread(rule: ChecksumRule, hasher: FileHasher, written: Promise<void>): Promise<void> {
-    const release = this.acquire();
-    this.writer.on('progress', (bytes: number) => hasher.written(bytes));
-    let digested = false;
-    this.writer.verifyBeforePublish(async () => {
-      const actual = await hasher.digest(this.writer.bytesWritten);
-      digested = true;
-      if (actual !== rule.expected) throw new ChecksumMismatch(rule.algorithm, rule.expected, actual);
-    });
-    try {
-      await written;
-    } finally {
-      if (!digested) await hasher.cancel();
-      release();
-    }
   }
 
   /** Ends the fill before its source has answered (or to shut down): nothing is cached. */
@@ -138,55 +104,5 @@ export class Fill implements FillProgress {
 
   private unuse(): void {
     if (--this.users === 0) fs.closeSync(this.readFd);
-  }
-}
-
-/**
- * Fails the fill when the source sends more or fewer bytes than the image's
- * size, or nothing for `stallMs` (upstream_timeout). A short body must never
- * be cached or end a response as if it were whole.
- */
-class LengthGuard extends Transform {
-  private received = 0;
-  private timer: NodeJS.Timeout | undefined;
-
-  constructor(
-    private readonly imageId: string,
-    private readonly size: number,
-    private readonly stallMs: number,
-    private readonly events: FillEvents,
-  ) {
-    super();
-    this.arm();
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.arm();
-    this.received += chunk.length;
-    this.events.upstreamBytes(chunk.length);
-    if (this.received > this.size) {
-      callback(new WrongImageLength(this.imageId, this.received, this.size));
-      return;
-    }
-    callback(null, chunk);
-  }
-
-  override _flush(callback: TransformCallback): void {
-    this.disarm();
-    callback(this.received === this.size ? null : new WrongImageLength(this.imageId, this.received, this.size));
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.disarm();
-    callback(error);
-  }
-
-  private arm(): void {
-    if (this.timer !== undefined) this.timer.refresh();
-    else this.timer = setTimeout(() => this.destroy(new SourceStalled(this.imageId, this.stallMs / 1000)), this.stallMs);
-  }
-
-  private disarm(): void {
-    clearTimeout(this.timer);
   }
 }

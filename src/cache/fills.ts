@@ -4,7 +4,7 @@ import { errorCode } from '../fs/files.js';
 import type { Logger } from '../log.js';
 import type { ImageMetadata, ImageSource, SourceResponse } from '../sources/source.js';
 import { Fill, type FillEvents } from './fill.js';
-import { ForeignFillProgress, untilReadable, type FillProgress } from './fill-progress.js';
+import { ForeignFillProgress, untilWritten, type FillProgress } from './fill-progress.js';
 import type { ImageCache } from './image-cache.js';
 
 /**
@@ -211,7 +211,7 @@ export class Fills {
 /** The span once the fill has bytes at its start; if the fill fails first, its error (and the span released). */
 async function spanWhenReadable(span: FollowSpan): Promise<FollowSpan> {
   try {
-    await untilReadable(span.progress, span.start);
+    await untilWritten(span.progress, span.start);
   } catch (err) {
     span.release();
     throw err;

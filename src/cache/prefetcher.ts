@@ -1,5 +1,6 @@
 import type { Logger } from '../log.js';
 import type { ImageMetadata, ImageSource } from '../sources/source.js';
+import { untilWritten } from './fill-progress.js';
 import type { Fills } from './fills.js';
 import type { ImageCache } from './image-cache.js';
 
@@ -134,16 +135,13 @@ export class Prefetcher {
         result.response.body.resume();
         this.options.log.warn({ imageId: image.id, status: result.response.status }, 'prefetch: the source refused the download; will try again');
         return 'retry';
-      case 'follow': {
-        const { progress } = result.span;
+      case 'follow':
         try {
-          while (progress.outcome === undefined) await progress.changed(progress.written);
+          await untilWritten(result.span.progress, Infinity);
         } finally {
           result.span.release();
         }
-        if (progress.outcome instanceof Error) throw progress.outcome;
         return 'done';
-      }
     }
   }
 

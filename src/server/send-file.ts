@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import type { FillProgress } from '../cache/fill-progress.js';
-import { CacheWriteFailed } from '../errors.js';
+import { untilWritten, type FillProgress } from '../cache/fill-progress.js';
+import { CacheFileShort, CacheWriteFailed, WrongRangeLength } from '../errors.js';
 
 /**
  * Bytes of one read and one socket write: larger chunks cost less CPU per
@@ -100,9 +100,9 @@ export async function sendFile(res: ServerResponse, span: FileSpan): Promise<num
       if (n === 0) {
         giveBack(buffer);
         const progress = span.progress;
-        if (progress === undefined || progress.outcome !== undefined) throw new Error(`the file ended at byte ${position} of ${span.end + 1}`);
+        if (progress === undefined || progress.outcome !== undefined) throw new CacheFileShort(position, span.end + 1);
         // Not on disk yet though counted (a writer in another process): wait for its next change.
-        await progress.changed(progress.written);
+        await untilWritten(progress, progress.written);
         continue;
       }
       position += n;
@@ -139,11 +139,11 @@ async function sendRest(res: ServerResponse, rest: (position: number) => Promise
         body.destroy();
         return sent;
       }
-      if (sent + chunk.length > wanted) throw new Error(`the source sent more than the ${wanted} bytes asked for`);
+      if (sent + chunk.length > wanted) throw new WrongRangeLength(sent + chunk.length, wanted);
       sent += chunk.length;
       if (!res.write(chunk)) await drainedOrClosed(res);
     }
-    if (sent !== wanted) throw new Error(`the source sent ${sent} of the ${wanted} bytes asked for`);
+    if (sent !== wanted) throw new WrongRangeLength(sent, wanted);
     if (!res.destroyed) res.end();
   } catch (err) {
     res.destroy(err as Error);
@@ -151,17 +151,16 @@ async function sendRest(res: ServerResponse, rest: (position: number) => Promise
   return sent;
 }
 
-/** The last byte that may be sent now, waiting for the fill if it has none past `position`; throws the fill's error. */
+/**
+ * The last byte that may be sent now, waiting for the fill if it has none
+ * past `position`; throws the fill's error. The span's last byte waits for
+ * the commit (see sendFile).
+ */
 async function readableUpTo(span: FileSpan, position: number): Promise<number> {
   const progress = span.progress;
   if (progress === undefined) return span.end;
-  for (;;) {
-    const { outcome, written } = progress;
-    if (outcome instanceof Error) throw outcome;
-    const last = outcome === 'committed' ? span.end : Math.min(span.end - 1, written - 1);
-    if (position <= last) return last;
-    await progress.changed(written);
-  }
+  await untilWritten(progress, position < span.end ? position : Infinity);
+  return progress.outcome === 'committed' ? span.end : Math.min(span.end - 1, progress.written - 1);
 }
 
 function drainedOrClosed(res: ServerResponse): Promise<void> {

@@ -2,7 +2,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { ImageCacheError, SourceUnavailable } from '../errors.js';
+import { ImageExists, SourceUnavailable } from '../errors.js';
 import { CacheFileReader } from '../fs/cache-reader.js';
 import { errorCode, unlinkIfExists } from '../fs/files.js';
 import { isValidImageId, validateImageId } from '../image-id.js';
@@ -30,15 +30,6 @@ const COPY_CHUNK = 1024 * 1024;
 /** The image document of an imported image, shaped like Glance's `GET /v2/images/{id}`. */
 /** The image document the store keeps beside each image (Glance's v2 shape, see imageDocument). */
 export type LocalImageDocument = Record<string, unknown> & { id: string; checksum: string; os_hash_value: string; size: number };
-
-/** importImage with an ID the store already holds: stored images are never replaced. */
-export class ImageExists extends ImageCacheError {
-  readonly imageId: string;
-  constructor(imageId: string, dir: string) {
-    super('ERR_IMAGE_EXISTS', `Image '${imageId}' already exists in ${dir}; delete it there before importing it again`);
-    this.imageId = imageId;
-  }
-}
 
 /**
  * Images served from a local directory: the node's own store when there is no

@@ -3,7 +3,7 @@ import https from 'node:https';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { SourceUnavailable } from '../errors.js';
+import { AnswerTooLong, SourceStalled, SourceUnavailable, StaleConnection } from '../errors.js';
 
 export interface UpstreamOptions {
   /** upstream_timeout, ms: for the headers of an answer, and between two chunks of a body. */
@@ -29,9 +29,6 @@ const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
 const STALE_CONNECTION_CODES = new Set(['ECONNRESET', 'EPIPE']);
 /** How long an idle connection is kept when the upstream does not say (Keep-Alive: timeout=N); common servers close theirs after 5 s. */
 const IDLE_DEFAULT_MS = 4_000;
-
-/** A request failed on a reused connection before any answer (see Upstream.request). */
-class StaleConnection extends Error {}
 
 /** Each connection's idle limit, from the last answer it carried. */
 const idleLimits = new WeakMap<Socket, number>();
@@ -125,19 +122,22 @@ export class Upstream {
         headers: request.headers,
         agent: this.agent,
       });
+      const name = this.options.name ?? 'glance';
       const timer = headersTimeoutMs > 0
-        ? setTimeout(() => outgoing.destroy(new Error(`no answer within ${headersTimeoutMs / 1000} s`)), headersTimeoutMs)
+        ? setTimeout(() => outgoing.destroy(new SourceUnavailable(name, `${what}: no answer within ${headersTimeoutMs / 1000} s`)), headersTimeoutMs)
         : undefined;
       outgoing.once('response', (incoming) => {
         clearTimeout(timer);
-        incoming.setTimeout(timeoutMs, () => incoming.destroy(new Error(`the upstream sent nothing for ${timeoutMs / 1000} s`)));
+        // The same error as a fill's own stall guard (whichever fires first): a 502, not a failure of the node.
+        incoming.setTimeout(timeoutMs, () => incoming.destroy(new SourceStalled(undefined, timeoutMs / 1000, `${name} (${what})`)));
         idleLimits.set(incoming.socket, idleLimitMs(incoming.headers['keep-alive'] as string | undefined));
         resolve({ statusCode: incoming.statusCode ?? 502, headers: incoming.headers, body: incoming });
       });
       outgoing.once('error', (err) => {
         clearTimeout(timer);
-        if (replayable && outgoing.reusedSocket && STALE_CONNECTION_CODES.has((err as NodeJS.ErrnoException).code ?? '')) reject(new StaleConnection());
-        else reject(new SourceUnavailable(this.options.name ?? 'glance', `${what}: ${err.message}`, { cause: err }));
+        if (replayable && outgoing.reusedSocket && STALE_CONNECTION_CODES.has((err as NodeJS.ErrnoException).code ?? '')) reject(new StaleConnection(what));
+        else if (err instanceof SourceUnavailable) reject(err);
+        else reject(new SourceUnavailable(name, `${what}: ${err.message}`, { cause: err }));
       });
       const body = request.body;
       if (body === undefined) {
@@ -165,7 +165,7 @@ export async function readBounded(body: Readable, limit: number, truncate = fals
   for await (const chunk of body as AsyncIterable<Buffer>) {
     if (length + chunk.length > limit) {
       body.destroy();
-      if (!truncate) throw new Error(`longer than ${limit} bytes`);
+      if (!truncate) throw new AnswerTooLong(limit);
       chunks.push(chunk.subarray(0, limit - length));
       length = limit;
       break;

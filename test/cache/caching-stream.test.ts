@@ -228,6 +228,35 @@ describe('caching streams', () => {
       assert.deepEqual(await cachedIds(cache), []);
     });
 
+    it('with the image\'s size, a source that sends fewer or more bytes fails with WrongImageLength and caches nothing, whichever way the image is cached', async (t) => {
+      const { cache, at } = await setup(t);
+      const data = patternedBytes(64 * KIB);
+      const md5 = hexDigest('md5', data);
+      const WRONG_LENGTH = { code: 'ERR_WRONG_IMAGE_LENGTH' };
+      await assert.rejects(cache.cacheImageStream('1', Readable.from([data]), { checksum: md5, size: data.length + 1 }), WRONG_LENGTH);
+      await assert.rejects(cache.cacheImageFile('2', Readable.from([data, Buffer.from('x')]), { checksum: md5, size: data.length }), WRONG_LENGTH);
+      const stream = cache.getCachingStream('3', { checksum: md5, size: data.length - 1 }, Readable.from([data]));
+      await assert.rejects(collect(stream), WRONG_LENGTH);
+      await waitForClose(stream);
+      assert.deepEqual(await cachedIds(cache), []);
+      for (const id of ['1', '2', '3']) assert.equal(fs.existsSync(at('incomplete', id)), false);
+      assert.equal(await cache.cacheImageStream('4', Readable.from([data]), { checksum: md5, size: data.length }), true);
+      assert.deepEqual(await read(cache, '4'), data);
+    });
+
+    it('a large image is verified as the node verifies it (on a hash thread, from its cache file, when one is free): a good sha512 caches it, a wrong one caches nothing', async (t) => {
+      const { cache, at } = await setup(t, { imageCacheMaxSize: 64 * 1024 * 1024 });
+      const data = patternedBytes(5 * 1024 * 1024 + 3);
+      const sha512 = hexDigest('sha512', data);
+      const chunks = (): Buffer[] => [data.subarray(0, 1_000_003), data.subarray(1_000_003)];
+      assert.equal(await cache.cacheImageStream('good', Readable.from(chunks()), { osHashAlgo: 'sha512', osHashValue: sha512, size: data.length }), true);
+      assert.deepEqual(await read(cache, 'good'), data);
+      await assert.rejects(cache.cacheImageStream('bad', Readable.from(chunks()), { osHashAlgo: 'sha512', osHashValue: hexDigest('sha512', Buffer.from('other')), size: data.length }), CHECKSUM_MISMATCH);
+      assert.equal(await cache.isCached('bad'), false);
+      assert.equal(fs.existsSync(at('incomplete', 'bad')), false);
+      assert.equal(fs.existsSync(at('invalid', 'bad')), true);
+    });
+
     it('cacheImageFile caches a file given by path', async (t) => {
       const { cache, root } = await setup(t);
       const source = path.join(root, 'source-image');

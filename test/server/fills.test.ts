@@ -1,10 +1,13 @@
 /**
  * One upstream fetch per image: concurrent first downloads follow one fill,
  * a client going away does not stop it, a failing fill aborts every follower,
- * and ranges come from the cache or from the growing file.
+ * ranges come from the cache or from the growing file, and a stall is one
+ * answer whether the fill's writer is in this process or another.
  */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { describe, it, type TestContext } from 'node:test';
 import { imageBytes } from '../support/fake-glance.js';
 import { download, fetchAll, fileUrl, metric, send, startFakeGlanceAndNode, until } from './helpers.js';
 
@@ -114,6 +117,54 @@ describe('fills: ranges', () => {
     assert.equal(fake.fileRequests(image.id), 1);
   });
 });
+
+describe('fills: stalls', () => {
+  it('a stall is the same error and the same 502 whether the fill\'s writer is in this process (its source stalls) or in another (it stops writing)', async (t) => {
+    const { fake, url, dir } = await startFakeGlanceAndNode(t, { server: { upstreamTimeout: 0.5 } });
+    const json = { headers: { accept: 'application/json' } };
+
+    const here = await fake.addImage({ data: imageBytes(4 * 1024 * 1024, 1) });
+    fake.setFault(here.id, { kind: 'stall', afterBytes: 0 });
+    const local = await fetchAll(fileUrl(url, here.id), json);
+
+    const elsewhere = await fake.addImage({ data: imageBytes(4 * 1024 * 1024, 2) });
+    await holdClaimInAnotherProcess(t, `${dir}/cache`, elsewhere.id);
+    const foreign = await fetchAll(fileUrl(url, elsewhere.id), json);
+
+    assert.equal(local.status, 502, local.body.toString());
+    assert.equal(foreign.status, 502, foreign.body.toString());
+    const localMessage: string = JSON.parse(local.body.toString()).message;
+    const foreignMessage: string = JSON.parse(foreign.body.toString()).message;
+    // The fill's stall guard or the upstream connection's timeout, whichever fires first: the same error.
+    assert.match(localMessage, new RegExp(`^Bad gateway: .*${here.id}.* sent nothing for 0\\.5 s$`));
+    // Its followers wait twice upstream_timeout: the writer should have timed out by itself first.
+    assert.match(foreignMessage, new RegExp(`^Bad gateway: Image '${elsewhere.id}': the writer of its fill in another process sent nothing for 1 s$`));
+    assert.equal(fake.fileRequests(elsewhere.id), 0, 'the node followed the other process\'s fill, it did not start its own');
+  });
+});
+
+/**
+ * Claims the image in the cache directory from a separate process, as another
+ * worker's fill would, and has it write nothing: a writer that hangs. Resolves
+ * once the claim is held; the process is killed after the test.
+ */
+async function holdClaimInAnotherProcess(t: TestContext, cacheDir: string, imageId: string): Promise<void> {
+  const script = `
+    import { ImageCache, silentLogger } from ${JSON.stringify(new URL('../../src/index.js', import.meta.url).href)};
+    const cache = await ImageCache.create({ imageCacheDir: process.argv[1], logger: silentLogger });
+    globalThis.writer = await cache.openForWrite(process.argv[2]);
+    console.log('claimed');
+    process.stdin.resume();`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, cacheDir, imageId], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(async () => {
+    if (child.exitCode === null) {
+      child.kill('SIGKILL');
+      await once(child, 'exit');
+    }
+  });
+  const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+  assert.equal(line.toString().trim(), 'claimed');
+}
 
 /** A download whose body we stop reading and abort when we choose. */
 async function startDownload(url: string): Promise<{ abort(): void }> {

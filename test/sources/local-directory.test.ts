@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import { ImageExists, LocalDirectorySource, importImage } from '../../src/sources/local-directory.js';
+import { ImageExists } from '../../src/errors.js';
+import { LocalDirectorySource, importImage } from '../../src/sources/local-directory.js';
 import type { SourceResponse } from '../../src/sources/source.js';
 import { collect, hexDigest, listTree, makeTempDir, patternedBytes, removeDir, waitForClose } from '../helpers.js';
 

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import type { Fills, FollowSpan } from '../../cache/fills.js';
 import type { ImageCache } from '../../cache/image-cache.js';
 import type { OpenImageFile } from '../../drivers/driver.js';
-import { ImageNotCached } from '../../errors.js';
+import { ImageNotCached, SourceUnavailable } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { ImageMetadata, ImageSource } from '../../sources/source.js';
 import { parseRange, type ResolvedRange } from '../http-range.js';
@@ -162,7 +162,7 @@ export function imageDataRoute(deps: ImageDataDeps) {
       const response = await source.open(image.id, token, { start: position, end: span.end });
       if (response.status === 206 || (response.status === 200 && position === 0)) return response.body;
       response.body.destroy();
-      throw new Error(`the source answered ${response.status} to the rest of the image from byte ${position}`);
+      throw new SourceUnavailable(source.kind, `answered ${response.status} to the rest of image '${image.id}' from byte ${position}`);
     };
     try {
       metrics.served('miss', await sendFile(res, { ...span, rest }));
