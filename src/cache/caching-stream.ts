@@ -1,8 +1,8 @@
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { Driver } from '../drivers/driver.js';
+import type { ImageCache } from './image-cache.js';
 import { ImageAlreadyCached, ImageBeingCached } from '../errors.js';
-import type { CacheWriter } from '../fs/cache-writer.js';
+import type { CacheWriter } from '../content/writer.js';
 import type { Logger } from '../log.js';
 import type { ExpectedChecksum } from '../types.js';
 import { checksumRule, ChecksumVerifier } from './checksum.js';
@@ -22,7 +22,7 @@ class CacheTee extends Transform {
   private writerFailed = false;
 
   constructor(
-    private readonly driver: Driver,
+    private readonly driver: ImageCache,
     private readonly imageId: string,
     private readonly log: Logger,
   ) {
@@ -93,7 +93,7 @@ function settled(writer: Writable, event: 'drain' | 'finish' | 'close'): Promise
   });
 }
 
-export function createCachingStream(driver: Driver, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageBytes, log: Logger): Readable {
+export function createCachingStream(driver: ImageCache, imageId: string, expected: ExpectedChecksum | undefined | null, source: ImageBytes, log: Logger): Readable {
   driver.validate(imageId);
   const rule = checksumRule(expected);
   const tee = new CacheTee(driver, imageId, log);
@@ -105,7 +105,7 @@ export function createCachingStream(driver: Driver, imageId: string, expected: E
 }
 
 /** Caches an image without a reader. False when it is cached or being cached already. */
-export async function cacheFromSource(driver: Driver, imageId: string, source: () => ImageBytes, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
+export async function cacheFromSource(driver: ImageCache, imageId: string, source: () => ImageBytes, expected: ExpectedChecksum | undefined | null): Promise<boolean> {
   driver.validate(imageId);
   const rule = checksumRule(expected);
   if (!(await driver.isCacheable(imageId))) return false;

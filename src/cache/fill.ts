@@ -3,7 +3,7 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CacheWriteFailed, ChecksumMismatch, SourceStalled, WrongImageLength } from '../errors.js';
 import { isStorageFault } from '../fs/files.js';
-import type { CacheWriter } from '../fs/cache-writer.js';
+import type { CacheWriter } from '../content/writer.js';
 import type { ExpectedChecksum } from '../types.js';
 import { checksumRule, ChecksumVerifier, type ChecksumRule } from './checksum.js';
 import { FileHasher } from './file-hasher.js';

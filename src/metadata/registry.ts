@@ -1,20 +1,21 @@
-import type { DriverName, ResolvedOptions } from '../config.js';
-import type { Driver } from './driver.js';
+import type { DriverName } from '../config.js';
+import type { IndexContext, MetadataIndex } from './metadata-index.js';
 
-type DriverConstructor = new (options: ResolvedOptions) => Driver;
+export type IndexConstructor = new (ctx: IndexContext) => MetadataIndex;
 
 /**
- * Each driver is loaded when it is asked for: a process pays only for its
- * own (the PostgreSQL client, for one, costs a cache node using sqlite
- * some 15 MB of memory it would never use).
+ * Each driver's index is loaded when it is asked for: a process pays only
+ * for its own (the PostgreSQL client, for one, costs a cache node using
+ * sqlite some 15 MB of memory it would never use; importing the package
+ * loads none of them, which test/metadata/lazy-drivers.test.ts checks).
  */
-const DRIVERS: Record<DriverName, () => Promise<DriverConstructor>> = {
-  sqlite: async () => (await import('./sqlite.js')).SqliteDriver,
-  xattr: async () => (await import('./xattr.js')).XattrDriver,
-  centralized_db: async () => (await import('./centralized-db.js')).CentralizedDbDriver,
+const INDEXES: Record<DriverName, () => Promise<IndexConstructor>> = {
+  sqlite: async () => (await import('./sqlite.js')).SqliteIndex,
+  xattr: async () => (await import('./xattr.js')).XattrIndex,
+  centralized_db: async () => (await import('./centralized-db.js')).CentralizedDbIndex,
 };
 
-/** A new, unconfigured driver of the given name. */
-export async function createDriver(name: DriverName, options: ResolvedOptions): Promise<Driver> {
-  return new (await DRIVERS[name]())(options);
+/** The named driver's index class, loaded on first use. */
+export function loadIndex(name: DriverName): Promise<IndexConstructor> {
+  return INDEXES[name]();
 }

@@ -2,7 +2,7 @@ import type { AddressInfo } from 'node:net';
 import type http from 'node:http';
 import { Fills } from '../cache/fills.js';
 import { ImageCache } from '../cache/image-cache.js';
-import { Maintenance } from '../cache/maintenance.js';
+import type { Maintenance } from '../cache/maintenance.js';
 import { Prefetcher } from '../cache/prefetcher.js';
 import { createLogger, type Logger } from '../log.js';
 import { GlanceSource } from '../sources/glance.js';
@@ -39,6 +39,7 @@ export interface RunningNode {
 export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
   const log = options.log ?? createLogger();
   const { server: opts } = config;
+  // Commits prune by themselves (ImageCache).
   const cache = await ImageCache.create({ ...config.cache, logger: log });
   const timeoutMs = opts.upstreamTimeout * 1000;
   const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
@@ -47,16 +48,8 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   /** The node's own token for the source, for what no caller asked with theirs. */
   const nodeToken = async (): Promise<string | undefined> => opts.upstreamToken ?? (await keystone?.nodeToken());
   const metrics = new NodeMetrics(cache);
-  const maintenance = new Maintenance(cache, { pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval, log });
-  const events = metrics.fillEvents;
-  const fills = new Fills(cache, source, {
-    stallMs: timeoutMs,
-    events: { ...events, fillEnded: (outcome) => {
-      events.fillEnded(outcome);
-      if (outcome === 'committed') maintenance.afterCommit();
-    } },
-    log,
-  });
+  const { maintenance } = cache;
+  const fills = new Fills(cache, source, { stallMs: timeoutMs, events: metrics.fillEvents, log });
   const prefetcher = new Prefetcher(cache, fills, source, {
     workers: opts.prefetchWorkers,
     token: nodeToken,
@@ -88,7 +81,7 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   if (opts.authStrategy === 'noauth' && !isLoopback(opts.bindHost)) {
     log.warn({ bindHost: opts.bindHost }, 'auth_strategy = noauth on an address beyond loopback: anyone who can reach this port can manage and empty the cache; use auth_strategy = keystone');
   }
-  maintenance.start();
+  maintenance.start({ pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval });
   // Images queued before this start (by an earlier run, or Glance's tools) are fetched now.
   await prefetcher.resume();
   const address = server.address() as AddressInfo;
@@ -106,7 +99,6 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
         server.closeIdleConnections();
         await prefetcher.close();
         await fills.close();
-        await maintenance.close();
         // Responses still streaming get a moment to finish, then their connections go.
         const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
         await closed;
