@@ -80,6 +80,8 @@ const ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS 
 const POOL_MAX = 4;
 /** How long configure() waits for the server before reporting it unreachable (and ImageCache falls back to sqlite). */
 const CONNECT_TIMEOUT_MS = 5_000;
+/** What a failure to use the database points the operator at: the option, under both of its names. */
+const CHECK_CONNECTION = 'check database_connection ([database] connection in glance-api.conf)';
 /** node_reference_url is VARCHAR(255) in Glance's table. */
 const NODE_URL_MAX = 255;
 
@@ -192,7 +194,7 @@ export class CentralizedDbIndex extends RecordIndex {
       client.on('error', ignore);
     } catch (err) {
       await pool.end().catch(() => {});
-      throw new BadDriverConfiguration('centralized_db', `cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
+      throw new BadDriverConfiguration('centralized_db', `cannot connect to PostgreSQL at ${where}: ${(err as Error).message}; ${CHECK_CONNECTION}`, { cause: err });
     }
     try {
       await ensureSchema(client, this.ctx.log);
@@ -206,7 +208,7 @@ export class CentralizedDbIndex extends RecordIndex {
     } catch (err) {
       releaseHeld(client, err as Error);
       await pool.end().catch(() => {});
-      throw new BadDriverConfiguration('centralized_db', `cannot use the cache tables in ${where}: ${(err as Error).message}`, { cause: err });
+      throw new BadDriverConfiguration('centralized_db', `cannot use the cache tables in ${where}: ${(err as Error).message}; ${CHECK_CONNECTION}`, { cause: err });
     }
     releaseHeld(client);
     this.nodeUrl = nodeUrl;

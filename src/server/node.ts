@@ -39,8 +39,10 @@ export interface RunningNode {
 export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
   const log = options.log ?? createLogger();
   const { server: opts } = config;
-  // Commits prune by themselves (ImageCache).
-  const cache = await ImageCache.create({ ...config.cache, logger: log });
+  // No fallback to a private sqlite cache: a node whose driver cannot be configured (centralized_db
+  // without worker_self_reference_url, or with a database it cannot use) stops here with the reason,
+  // rather than serve invisibly to the other nodes. Commits prune by themselves (ImageCache).
+  const cache = await ImageCache.create({ ...config.cache, logger: log }, { fallbackToSqlite: false });
   const timeoutMs = opts.upstreamTimeout * 1000;
   const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
   const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
