@@ -36,13 +36,21 @@ export interface RunningNode {
  * and the HTTP server on bind_host:bind_port (the workers of a cluster all
  * listen on it: node:cluster shares the port through the primary).
  */
-export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
+export async function startNode(
+  config: ServeConfig,
+  options: {
+    log?: Logger;
+    metricsText?: (metrics: NodeMetrics) => Promise<string>;
+    /** For tests that fill the cache past its limit on purpose: no prune after a commit (see EngineOptions). */
+    pruneAfterCommit?: boolean;
+  } = {},
+): Promise<RunningNode> {
   const log = options.log ?? createLogger();
   const { server: opts } = config;
   // No fallback to a private sqlite cache: a node whose driver cannot be configured (centralized_db
   // without worker_self_reference_url, or with a database it cannot use) stops here with the reason,
   // rather than serve invisibly to the other nodes. Commits prune by themselves (ImageCache).
-  const cache = await ImageCache.create({ ...config.cache, logger: log }, { fallbackToSqlite: false });
+  const cache = await ImageCache.create({ ...config.cache, logger: log }, { fallbackToSqlite: false, pruneAfterCommit: options.pruneAfterCommit ?? true });
   const timeoutMs = opts.upstreamTimeout * 1000;
   const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
   const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
