@@ -204,3 +204,10 @@ export class WriterClosed extends ImageCacheError {
     this.imageId = imageId;
   }
 }
+
+/** A worker of `image-cache serve` died before the cluster was serving: it could not start, and the next would fail the same way. */
+export class WorkerStartFailed extends ImageCacheError {
+  constructor(workers: number) {
+    super('ERR_WORKER_START_FAILED', `a worker failed to start (its reason is above), so the ${workers} workers are stopped instead of being restarted`);
+  }
+}

@@ -60,6 +60,15 @@ describe('image-cache serve with a centralized_db it cannot configure', () => {
     assertNoSqliteCache(cacheDir);
   });
 
+  it('with workers = 2, stops at start-up too (each worker says why), instead of restarting the workers forever', async (t) => {
+    const { dir, cacheDir, config } = setUp(t, ['workers = 2', '[database]', `connection = ${db.url}`]);
+    const { code, stderr } = await serveUntilExit(t, config, dir);
+    assert.notEqual(code, 0, 'serve exited with success');
+    assert.match(stderr, /worker_self_reference_url is not set/);
+    assert.match(stderr, /a worker failed to start/);
+    assertNoSqliteCache(cacheDir);
+  });
+
   it('stops at start-up when [database] connection cannot be reached, naming the option', async (t) => {
     const { dir, cacheDir, config } = setUp(t, ['worker_self_reference_url = http://node-a:9292', '[database]', 'connection = postgresql://postgres:s3cret@127.0.0.1:1/glance']);
     const { code, stderr } = await serveUntilExit(t, config, dir);
