@@ -64,7 +64,7 @@ async function runOurs(data: Buffer, floor: Floor): Promise<Phases> {
     imageCacheDriver: driver,
     imageCacheMaxSize: Math.floor((n * size) / 2),
     logger: silentLogger,
-  });
+  }, { pruneAfterCommit: false }); // the fill fills past the limit, and prune_half measures the prune
   try {
     if (cache.driver.name !== driver) fail(`driver ${driver} fell back to ${cache.driver.name}`);
     let fill = 0;

@@ -275,3 +275,45 @@ export class RemoteError extends ImageCacheError {
     this.status = status;
   }
 }
+
+/** The cache (or one of its parts) was used before configure() finished, or after close(). */
+export class CacheNotConfigured extends ImageCacheError {
+  constructor(what: string) {
+    super('ERR_CACHE_NOT_CONFIGURED', `${what} is not open: create the cache with ImageCache.create (or call configure() first), and do not use it after close()`);
+  }
+}
+
+/**
+ * A driver could not write an image's metadata where it keeps it (the xattr
+ * driver's attributes on the incomplete file, a record it refuses to build).
+ */
+export class MetadataWriteFailed extends ImageCacheError {
+  readonly imageId: string;
+  constructor(driverName: string, imageId: string, reason: string, options?: { cause?: unknown }) {
+    super('ERR_METADATA_WRITE_FAILED', `the ${driverName} driver could not write the metadata of image '${imageId}': ${reason}`, options);
+    this.imageId = imageId;
+  }
+}
+
+/** Another process kept the cache directory's maintenance lock longer than a prune, clean or recovery waits for it. */
+export class MaintenanceLockTimeout extends ImageCacheError {
+  constructor(dir: string, seconds: number) {
+    super('ERR_MAINTENANCE_LOCK_TIMEOUT', `another process has held the maintenance lock of the cache directory ${dir} for ${seconds} s`);
+  }
+}
+
+/** A cache writer used after it committed, aborted or was destroyed. */
+export class WriterClosed extends ImageCacheError {
+  readonly imageId: string;
+  constructor(imageId: string) {
+    super('ERR_WRITER_CLOSED', `the cache writer of image '${imageId}' is closed`);
+    this.imageId = imageId;
+  }
+}
+
+/** A worker of `image-cache serve` died before the cluster was serving: it could not start, and the next would fail the same way. */
+export class WorkerStartFailed extends ImageCacheError {
+  constructor(workers: number) {
+    super('ERR_WORKER_START_FAILED', `a worker failed to start (its reason is above), so the ${workers} workers are stopped instead of being restarted`);
+  }
+}

@@ -1,4 +1,4 @@
-export { ImageCache } from './cache/image-cache.js';
+export { ImageCache, type EngineOptions, type Eviction } from './cache/image-cache.js';
 export { ChecksumVerifier, checksumRule, type ChecksumRule } from './cache/checksum.js';
 export type { ImageBytes } from './cache/caching-stream.js';
 export type { ImageSource, ImageMetadata, MetadataResult, SourceAnswer, SourceResponse } from './sources/source.js';
@@ -7,12 +7,16 @@ export { Upstream } from './sources/upstream.js';
 export { LocalDirectorySource, importImage } from './sources/local-directory.js';
 export { startNode, type RunningNode } from './server/node.js';
 export { loadServeConfig, ConfigurationError, type ServeConfig, type ServerOptions } from './server/config.js';
-export { Driver, type CacheReadStream, type OpenImageFile } from './drivers/driver.js';
-export { SqliteDriver } from './drivers/sqlite.js';
-export { XattrDriver } from './drivers/xattr.js';
-export { CentralizedDbDriver } from './drivers/centralized-db.js';
-export { createDriver } from './drivers/registry.js';
-export { CacheWriter, abandonedWriterChannel, type CommitMetadata, type PendingRecord } from './fs/cache-writer.js';
+// The drivers' indexes are loaded by ImageCache.create when their driver is asked for, never from
+// here: importing the package loads neither pg, nor better-sqlite3, nor the xattr binding
+// (test/metadata/lazy-drivers.test.ts). Their types cost nothing at run time.
+export type { MetadataIndex, IndexContext, MetadataRepairs } from './metadata/metadata-index.js';
+export type { SqliteIndex } from './metadata/sqlite.js';
+export type { XattrIndex } from './metadata/xattr.js';
+export type { CentralizedDbIndex } from './metadata/centralized-db.js';
+export type { CacheReadStream, OpenImageFile } from './content/read.js';
+export { CacheWriter, abandonedWriterChannel, type CommitMetadata, type PendingRecord } from './content/writer.js';
+export { Maintenance, type MaintenanceOptions } from './cache/maintenance.js';
 export { systemIo, type CacheIo } from './fs/io.js';
 export {
   ImageCacheError,
@@ -34,6 +38,10 @@ export {
   MetadataStoreUnavailable,
   FillAbandoned,
   ImageExists,
+  CacheNotConfigured,
+  MetadataWriteFailed,
+  MaintenanceLockTimeout,
+  WriterClosed,
 } from './errors.js';
 export { validateImageId } from './image-id.js';
 export {

@@ -140,8 +140,13 @@ export interface CacheFixture {
  * A fresh temporary directory and an ImageCache on it (sqlite, 5 KiB max size,
  * silent, unless `options` say otherwise), closed and removed after the test.
  * The driver asked for is checked to be the one in use (ImageCache.create
- * falls back to sqlite when a driver cannot be configured).
+ * falls back to sqlite when a driver cannot be configured). The cache prunes
+ * only when the test calls prune(): these fixtures fill past the limit on
+ * purpose, so the prune after a commit (prune-after-commit.test.ts) is off.
  */
+/** The engine as the fixtures use it: no prune but the ones a test asks for. */
+export const TEST_ENGINE = { pruneAfterCommit: false } as const;
+
 export async function cacheFixture(t: TestContext, options: Partial<ImageCacheOptions> = {}): Promise<CacheFixture> {
   const root = makeTempDir(`image-cache-${options.imageCacheDriver ?? 'sqlite'}-`);
   const dir = path.join(root, 'cache');
@@ -152,7 +157,7 @@ export async function cacheFixture(t: TestContext, options: Partial<ImageCacheOp
   });
   const resolved: ImageCacheOptions = { imageCacheDir: dir, imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...options };
   const open = async (more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> => {
-    const cache = await ImageCache.create({ ...resolved, ...more });
+    const cache = await ImageCache.create({ ...resolved, ...more }, TEST_ENGINE);
     opened.push(cache);
     const wanted = more.imageCacheDriver ?? resolved.imageCacheDriver ?? 'sqlite';
     assert.equal(cache.driver.name, wanted, `ImageCache.create fell back from ${wanted} to ${cache.driver.name}`);

@@ -1,6 +1,6 @@
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { ImageAlreadyCached, ImageBeingCached, ReaderStopped } from '../errors.js';
-import type { CacheWriter } from '../fs/cache-writer.js';
+import type { CacheWriter } from '../content/writer.js';
 import type { Logger } from '../log.js';
 import type { ExpectedChecksum } from '../types.js';
 import type { ImageCache } from './image-cache.js';

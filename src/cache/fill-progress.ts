@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { CacheWriteFailed, FillAbandoned, SourceStalled } from '../errors.js';
-import { writerOutcome } from '../fs/claim.js';
+import { writerOutcome } from '../content/claim.js';
 
 /**
  * How far a fill has got, as its followers see it: the bytes on disk they

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { CacheWriteFailed } from '../errors.js';
 import { isStorageFault } from '../fs/files.js';
-import type { CacheWriter } from '../fs/cache-writer.js';
+import type { CacheWriter } from '../content/writer.js';
 import type { ExpectedChecksum } from '../types.js';
 import type { FillProgress } from './fill-progress.js';
 import { imageCheck, pipeImage } from './image-pipeline.js';

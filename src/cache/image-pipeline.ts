@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ChecksumMismatch, SourceStalled, WrongImageLength } from '../errors.js';
-import type { CacheWriter } from '../fs/cache-writer.js';
+import type { CacheWriter } from '../content/writer.js';
 import type { ExpectedChecksum } from '../types.js';
 import { checksumRule, ChecksumVerifier, type ChecksumRule } from './checksum.js';
 import { FileHasher } from './file-hasher.js';

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { CacheNotConfigured } from '../errors.js';
 import type { CacheIo } from './io.js';
 
 /**
@@ -44,7 +45,7 @@ export class DirectorySync {
 
   private async run(): Promise<void> {
     try {
-      if (this.fd === undefined) throw new Error(`directory ${this.path} is not open for syncing`);
+      if (this.fd === undefined) throw new CacheNotConfigured(`the directory ${this.path}, for syncing,`);
       await this.io.fsync(this.fd);
     } finally {
       this.running = undefined;

@@ -67,6 +67,7 @@ export class NodeMetrics {
       },
     });
     collectDefaultMetrics({ register: registry });
+    cache.addEvictionListener((eviction) => this.evictions.inc({ reason: eviction.reason }, eviction.imageIds.length));
   }
 
   served(status: CacheStatusLabel, bytes: number): void {
@@ -74,6 +75,7 @@ export class NodeMetrics {
     this.bytes[status].inc(bytes);
   }
 
+  /** The HTTP layer's removals; prune's ('prune') are counted from the cache's eviction events. */
   evicted(reason: 'upstream_deleted' | 'stale' | 'image_deleted'): void {
     this.evictions.inc({ reason });
   }

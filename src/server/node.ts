@@ -2,7 +2,7 @@ import type { AddressInfo } from 'node:net';
 import type http from 'node:http';
 import { Fills } from '../cache/fills.js';
 import { ImageCache } from '../cache/image-cache.js';
-import { Maintenance } from '../cache/maintenance.js';
+import type { Maintenance } from '../cache/maintenance.js';
 import { Prefetcher } from '../cache/prefetcher.js';
 import { createLogger, type Logger } from '../log.js';
 import { GlanceSource } from '../sources/glance.js';
@@ -36,10 +36,21 @@ export interface RunningNode {
  * and the HTTP server on bind_host:bind_port (the workers of a cluster all
  * listen on it: node:cluster shares the port through the primary).
  */
-export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
+export async function startNode(
+  config: ServeConfig,
+  options: {
+    log?: Logger;
+    metricsText?: (metrics: NodeMetrics) => Promise<string>;
+    /** For tests that fill the cache past its limit on purpose: no prune after a commit (see EngineOptions). */
+    pruneAfterCommit?: boolean;
+  } = {},
+): Promise<RunningNode> {
   const log = options.log ?? createLogger();
   const { server: opts } = config;
-  const cache = await ImageCache.create({ ...config.cache, logger: log });
+  // No fallback to a private sqlite cache: a node whose driver cannot be configured (centralized_db
+  // without worker_self_reference_url, or with a database it cannot use) stops here with the reason,
+  // rather than serve invisibly to the other nodes. Commits prune by themselves (ImageCache).
+  const cache = await ImageCache.create({ ...config.cache, logger: log }, { fallbackToSqlite: false, pruneAfterCommit: options.pruneAfterCommit ?? true });
   const timeoutMs = opts.upstreamTimeout * 1000;
   const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
   const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
@@ -47,16 +58,8 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   /** The node's own token for the source, for what no caller asked with theirs. */
   const nodeToken = async (): Promise<string | undefined> => opts.upstreamToken ?? (await keystone?.nodeToken());
   const metrics = new NodeMetrics(cache);
-  const maintenance = new Maintenance(cache, { pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval, log });
-  const events = metrics.fillEvents;
-  const fills = new Fills(cache, source, {
-    stallMs: timeoutMs,
-    events: { ...events, fillEnded: (outcome) => {
-      events.fillEnded(outcome);
-      if (outcome === 'committed') maintenance.afterCommit();
-    } },
-    log,
-  });
+  const { maintenance } = cache;
+  const fills = new Fills(cache, source, { stallMs: timeoutMs, events: metrics.fillEvents, log });
   const prefetcher = new Prefetcher(cache, fills, source, {
     workers: opts.prefetchWorkers,
     token: nodeToken,
@@ -88,7 +91,7 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
   if (opts.authStrategy === 'noauth' && !isLoopback(opts.bindHost)) {
     log.warn({ bindHost: opts.bindHost }, 'auth_strategy = noauth on an address beyond loopback: anyone who can reach this port can manage and empty the cache; use auth_strategy = keystone');
   }
-  maintenance.start();
+  maintenance.start({ pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval });
   // Images queued before this start (by an earlier run, or Glance's tools) are fetched now.
   await prefetcher.resume();
   const address = server.address() as AddressInfo;
@@ -106,7 +109,6 @@ export async function startNode(config: ServeConfig, options: { log?: Logger; me
         server.closeIdleConnections();
         await prefetcher.close();
         await fills.close();
-        await maintenance.close();
         // Responses still streaming get a moment to finish, then their connections go.
         const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
         await closed;

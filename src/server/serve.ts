@@ -1,5 +1,6 @@
 import cluster from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
+import { WorkerStartFailed } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import type { ServeConfig } from './config.js';
 
@@ -44,24 +45,37 @@ async function runPrimary(workers: number, log: Logger): Promise<void> {
   cluster.on('listening', (_worker, address) => {
     if (++listening === workers) announce(`http://${address.address ?? '127.0.0.1'}:${address.port}`, workers);
   });
+  let startFailed: () => void = () => {};
+  const failedToStart = new Promise<void>((resolve) => (startFailed = resolve));
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) return;
+    // Before every worker listens, a worker that dies could not start (its cache cannot be
+    // configured, say): the next would die the same way, so stop, failing, instead of forking forever.
+    if (listening < workers) {
+      startFailed();
+      return;
+    }
     log.error({ pid: worker.process.pid, code, signal }, 'worker died; starting another');
     cluster.fork();
   });
   for (let i = 0; i < workers; i++) cluster.fork();
-  await untilSignalled();
+  const failed = await Promise.race([untilSignalled().then(() => false), failedToStart.then(() => true)]);
   stopping = true;
   await Promise.all(Object.values(cluster.workers ?? {}).map((worker) => new Promise<void>((resolve) => {
     if (worker === undefined || worker.isDead()) return resolve();
     worker.once('exit', () => resolve());
     worker.process.kill('SIGTERM');
   })));
+  if (failed) throw new WorkerStartFailed(workers);
 }
 
 async function runWorker(config: ServeConfig, log: Logger): Promise<void> {
   const { startNode } = await import('./node.js');
-  const node = await startNode(config, { log, metricsText: askPrimaryForMetrics });
+  const node = await startNode(config, { log, metricsText: askPrimaryForMetrics }).catch((err: unknown) => {
+    // Once the error is reported, let go of the primary's channel, which would keep this process alive.
+    setImmediate(() => process.disconnect?.());
+    throw err;
+  });
   // Answer the primary's requests for this worker's metrics (it adds every worker's up).
   AggregatorRegistry.setRegistries(node.metrics.registry);
   new AggregatorRegistry();

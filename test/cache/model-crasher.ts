@@ -26,7 +26,7 @@ import { bytesOf, HALT_FD, type CrasherCommand, type CrasherReport, type Halt } 
 const DRIVER_MODULES: Record<DriverName, string> = { sqlite: 'sqlite.js', xattr: 'xattr.js', centralized_db: 'centralized-db.js' };
 const driver = process.argv[2] as DriverName;
 if (!Object.hasOwn(DRIVER_MODULES, driver)) throw new Error(`usage: model-crasher.js <driver>, one of ${Object.keys(DRIVER_MODULES).join(', ')}`);
-await import(`../../src/drivers/${DRIVER_MODULES[driver]}`);
+await import(`../../src/metadata/${DRIVER_MODULES[driver]}`);
 
 /** The image being cached, while a 'cache' command runs: what the io below reports on. */
 let current: { active: string; halt: Halt | null; committing: boolean } | undefined;
@@ -80,7 +80,8 @@ async function* pieces(data: Buffer, count: number, haltBeforeLast: boolean): As
 
 /** The one command of a crasher's life: it is killed before it could get another. */
 async function handle(command: CrasherCommand): Promise<void> {
-  const cache = await ImageCache.create({ ...command.options, logger: silentLogger, io });
+  // The model prunes when its sequence says so, and nowhere else.
+  const cache = await ImageCache.create({ ...command.options, logger: silentLogger, io }, { pruneAfterCommit: false });
   current = { active: path.join(path.resolve(command.options.imageCacheDir), command.id), halt: command.halt, committing: false };
   const data = bytesOf(command.size, command.seed);
   report({ type: 'writing' });

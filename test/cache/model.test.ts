@@ -14,7 +14,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { ImageCache, silentLogger, type DriverName } from '../../src/index.js';
-import { makeTempDir, readAll, removeDir } from '../helpers.js';
+import { TEST_ENGINE, makeTempDir, readAll, removeDir } from '../helpers.js';
 import { ADMIN_URL, TestDatabase, unreachableReason } from '../drivers/pg-helpers.js';
 import { bytesOf, Crasher, type CrashPlan, type CrasherOptions } from './model-crash.js';
 
@@ -90,7 +90,8 @@ async function runSequence(ops: Op[], options: SequenceOptions, crasher: Crasher
   const root = makeTempDir('image-cache-model-');
   const dir = path.join(root, 'cache');
   const cacheOptions: CrasherOptions = { ...options, imageCacheDir: dir, imageCacheMaxSize: MAX_SIZE };
-  const open = (): Promise<ImageCache> => ImageCache.create({ ...cacheOptions, logger: silentLogger });
+  // The model prunes when its sequence says so, and nowhere else.
+  const open = (): Promise<ImageCache> => ImageCache.create({ ...cacheOptions, logger: silentLogger }, TEST_ENGINE);
   let cache = await open();
   const cached = new Map<string, Buffer>();
   const queued = new Set<string>();

@@ -1,7 +1,7 @@
 /** AccessBatch: reads written in batches, one write at a time, and a flush that finishes under any load. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AccessBatch, MAX_KEPT_IMAGES, type PendingAccess } from '../../src/drivers/access-batch.js';
+import { AccessBatch, MAX_KEPT_IMAGES, type PendingAccess } from '../../src/metadata/access-batch.js';
 import { MetadataStoreUnavailable } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
 import { deferred, waitUntil } from '../helpers.js';

@@ -20,14 +20,14 @@ import { Readable } from 'node:stream';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import pg from 'pg';
 import {
-  CentralizedDbDriver,
   ImageCache,
   resolveOptions,
   silentLogger,
   type ImageCacheOptions,
+  type CentralizedDbIndex,
   type Logger,
 } from '../../src/index.js';
-import { FIXTURE_DATA, cachedIds, collect, makeTempDir, patternedBytes, removeDir, waitForClose, waitUntil } from '../helpers.js';
+import { FIXTURE_DATA, TEST_ENGINE, cachedIds, collect, makeTempDir, patternedBytes, removeDir, waitForClose, waitUntil } from '../helpers.js';
 import { runConformanceSuite } from './conformance.js';
 import { ADMIN_URL, TestDatabase, unreachableReason } from './pg-helpers.js';
 
@@ -98,7 +98,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
         workerSelfReferenceUrl: `http://${name}.${path.basename(root)}:9292`,
         logger: silentLogger,
         ...options,
-      });
+      }, TEST_ENGINE);
       caches.push(cache);
       assert.equal(cache.driver.name, 'centralized_db', `ImageCache.create fell back to ${cache.driver.name}`);
       return cache;
@@ -106,16 +106,16 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
     return { root, open, dir: (name: string) => path.join(root, name) };
   }
 
-  /** configure() of a bare driver, which (unlike ImageCache.create) does not fall back to sqlite. */
-  async function configureDriver(t: TestContext, options: Partial<ImageCacheOptions>): Promise<CentralizedDbDriver> {
+  /** The driver's index, opened by an ImageCache that (unlike by default) does not fall back to sqlite. */
+  async function configureDriver(t: TestContext, options: Partial<ImageCacheOptions>): Promise<CentralizedDbIndex> {
     const root = makeTempDir('image-cache-centralized-');
-    const driver = new CentralizedDbDriver(resolveOptions({ imageCacheDir: path.join(root, 'cache'), imageCacheDriver: 'centralized_db', logger: silentLogger, ...options }));
+    let cache: ImageCache | undefined;
     t.after(async () => {
-      await driver.close();
+      await cache?.close();
       removeDir(root);
     });
-    await driver.configure();
-    return driver;
+    cache = await ImageCache.create(resolveOptions({ imageCacheDir: path.join(root, 'cache'), imageCacheDriver: 'centralized_db', logger: silentLogger, ...options }), { fallbackToSqlite: false });
+    return cache.driver as CentralizedDbIndex;
   }
 
   async function put(cache: ImageCache, imageId: string, data: Buffer = FIXTURE_DATA): Promise<void> {
@@ -698,7 +698,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       assert.equal((await gate.client.query(`SELECT 1 FROM ${table} WHERE image_id = $1 FOR UPDATE`, [a])).rowCount, 1);
 
       let outcome: string | undefined;
-      const deleting = cache.driver.deleteCachedImages([b, a]).then(
+      const deleting = cache.deleteCachedImages([b, a]).then(
         (n) => ((outcome = `resolved (${n})`), n),
         (err: unknown) => {
           outcome = `failed: ${String(err)}`;

@@ -22,7 +22,7 @@ import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import pg from 'pg';
 import { ImageCache, silentLogger, type ImageCacheOptions } from '../../src/index.js';
-import { cachedIds, patternedBytes, put, readAll, tempRoot } from '../helpers.js';
+import { TEST_ENGINE, cachedIds, patternedBytes, put, readAll, tempRoot } from '../helpers.js';
 import { findPgBouncer, startPgBouncer, type PgBouncer } from './pgbouncer-helpers.js';
 import { ADMIN_URL, TestDatabase, unreachableReason } from './pg-helpers.js';
 
@@ -92,7 +92,7 @@ describe('centralized_db through PgBouncer (transaction pooling)', { skip }, () 
         workerSelfReferenceUrl: `http://${name}.${path.basename(root)}:9292`,
         logger: silentLogger,
         ...options,
-      }));
+      }, TEST_ENGINE));
       assert.equal(cache.driver.name, 'centralized_db', `ImageCache.create fell back to ${cache.driver.name}`);
       return cache;
     };

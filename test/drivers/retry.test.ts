@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DEFAULT_RETRY, POSTGRES_RETRYABLE, isPostgresConnectionFailure, isRetryablePostgresError, withRetry, type RetryPolicy } from '../../src/drivers/retry.js';
+import { DEFAULT_RETRY, POSTGRES_RETRYABLE, isPostgresConnectionFailure, isRetryablePostgresError, withRetry, type RetryPolicy } from '../../src/metadata/retry.js';
 import { deferred } from '../helpers.js';
 
 /** An error as pg reports a server error: an Error with the SQLSTATE in `code`. */

@@ -11,8 +11,8 @@ import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { ImageCache, silentLogger, type DriverName, type ImageCacheOptions } from '../../src/index.js';
-import { patternedBytes, readAll, tempRoot } from '../helpers.js';
-import { LRU_ORDER_QUERY } from '../../src/drivers/sqlite.js';
+import { TEST_ENGINE, patternedBytes, readAll, tempRoot } from '../helpers.js';
+import { LRU_ORDER_QUERY } from '../../src/metadata/sqlite.js';
 import { runConformanceSuite } from './conformance.js';
 
 runConformanceSuite('sqlite', () => ({}), { cachedNodes: false, records: true });
@@ -32,7 +32,7 @@ const BAD_DRIVER_CONFIGURATION = { code: 'ERR_BAD_DRIVER_CONFIGURATION', name: '
 
 
 async function createCache(dir: string, more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> {
-  return ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'sqlite', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more });
+  return ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'sqlite', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more }, TEST_ENGINE);
 }
 
 

@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr';
-import { ImageCache, XattrDriver, resolveOptions, silentLogger, type ImageCacheOptions } from '../../src/index.js';
-import { collect, makeTempDir, patternedBytes, readAll, removeDir, tempRoot, waitForClose } from '../helpers.js';
+import { ImageCache, resolveOptions, silentLogger, type ImageCacheOptions } from '../../src/index.js';
+import { TEST_ENGINE, collect, makeTempDir, patternedBytes, readAll, removeDir, tempRoot, waitForClose } from '../helpers.js';
 import { runConformanceSuite } from './conformance.js';
 
 runConformanceSuite('xattr', () => ({}), { cachedNodes: false, records: false });
@@ -20,7 +20,7 @@ const INVALID_IMAGE_ID = { code: 'ERR_INVALID_IMAGE_ID' };
 
 
 async function createCache(dir: string, more: Partial<ImageCacheOptions> = {}): Promise<ImageCache> {
-  const cache = await ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'xattr', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more });
+  const cache = await ImageCache.create({ imageCacheDir: dir, imageCacheDriver: 'xattr', imageCacheMaxSize: 5 * 1024, logger: silentLogger, ...more }, TEST_ENGINE);
   if (more.imageCacheDriver === undefined) assert.equal(cache.driver.name, 'xattr', 'ImageCache.create fell back from xattr');
   return cache;
 }
@@ -89,7 +89,7 @@ describe('xattr driver', () => {
     assert.equal(await cache.getHitCount(bare), 0);
     assert.equal(await cache.getCacheSize(), 3584);
     // Ours was accessed now; glanceNew's atime is an hour ahead.
-    assert.deepEqual((await cache.driver.listLeastRecentlyAccessed()).map((e) => e.imageId), [glanceOld, bare, 'ours', glanceNew]);
+    assert.deepEqual((await cache.listLeastRecentlyAccessed()).map((e) => e.imageId), [glanceOld, bare, 'ours', glanceNew]);
 
     // 3.5 KiB down to 2 KiB: the two with the oldest atimes go, whatever their hits.
     assert.deepEqual(await cache.prune(), { totalFilesPruned: 2, totalBytesPruned: 1536 });
@@ -101,7 +101,7 @@ describe('xattr driver', () => {
     assert.equal(attribute(path.join(dir, glanceNew), 'user.hits'), '4');
     const lastAccessed = Number(attribute(path.join(dir, glanceNew), 'user.last_accessed'));
     assert.ok(lastAccessed > now - 60 && lastAccessed < now + 60, `user.last_accessed ${lastAccessed} is not now`);
-    assert.deepEqual((await cache.driver.listLeastRecentlyAccessed()).map((e) => e.imageId), ['ours', glanceNew]);
+    assert.deepEqual((await cache.listLeastRecentlyAccessed()).map((e) => e.imageId), ['ours', glanceNew]);
   });
 
   it('counts every one of many concurrent reads of one image', async (t) => {
@@ -165,7 +165,7 @@ print(json.dumps(out))
     await put(cache, 'img-2', Buffer.alloc(300, 'x'));
     await readAll(cache, 'img-1');
     await readAll(cache, 'img-1');
-    await cache.driver.getCachedImages(); // flush
+    await cache.getCachedImages(); // flush
     // Debian's python3-glance, which this machine (and CI, the same kind of machine) has installed.
     const script = `
 import json, sys
@@ -247,8 +247,9 @@ print(json.dumps({"before": before, "read": len(data), "hits": driver.get_hit_co
     }
     const dir = path.join(mountPoint, 'cache');
 
-    const driver = new XattrDriver(resolveOptions({ imageCacheDir: dir, imageCacheDriver: 'xattr', logger: silentLogger }));
-    await assert.rejects(driver.configure(), (err: unknown) => {
+    // Configuring the driver alone: without the fallback to sqlite that ImageCache.create makes by default.
+    const configureDriver = () => ImageCache.create(resolveOptions({ imageCacheDir: dir, imageCacheDriver: 'xattr', logger: silentLogger }), { fallbackToSqlite: false });
+    await assert.rejects(configureDriver(), (err: unknown) => {
       const e = err as { code?: unknown; name?: unknown; driverName?: unknown; reason?: unknown; message?: unknown };
       assert.equal(e.code, 'ERR_BAD_DRIVER_CONFIGURATION');
       assert.equal(e.name, 'BadDriverConfiguration');

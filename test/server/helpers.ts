@@ -26,13 +26,14 @@ export interface NodeUnderTest {
 }
 
 /** A node on an ephemeral port with its own cache directory, closed (and the directory removed) after the test. */
-export async function startTestNode(t: TestContext, server: Partial<ServerOptions>, cache: Partial<ImageCacheOptions> = {}): Promise<NodeUnderTest> {
+/** `engine.pruneAfterCommit` false: the node prunes only when asked (for tests that fill past the limit on purpose). */
+export async function startTestNode(t: TestContext, server: Partial<ServerOptions>, cache: Partial<ImageCacheOptions> = {}, engine: { pruneAfterCommit?: boolean } = {}): Promise<NodeUnderTest> {
   const dir = makeTempDir('image-cache-node-');
   const config: ServeConfig = {
     cache: { imageCacheDir: `${dir}/cache`, ...cache },
     server: { ...SERVE_DEFAULTS, filesystemStoreDatadir: `${dir}/images`, bindPort: 0, upstreamUrl: undefined, ...server },
   };
-  const node = await startNode(config, { log: silentLogger });
+  const node = await startNode(config, { log: silentLogger, ...engine });
   t.after(async () => {
     await node.close();
     removeDir(dir);
@@ -43,11 +44,11 @@ export async function startTestNode(t: TestContext, server: Partial<ServerOption
 /** A fake Glance and a test node in front of it (its upstream_url), both stopped after the test. */
 export async function startFakeGlanceAndNode(
   t: TestContext,
-  options: { fake?: FakeGlanceOptions; server?: Partial<ServerOptions>; cache?: Partial<ImageCacheOptions> } = {},
+  options: { fake?: FakeGlanceOptions; server?: Partial<ServerOptions>; cache?: Partial<ImageCacheOptions>; engine?: { pruneAfterCommit?: boolean } } = {},
 ): Promise<{ fake: FakeGlance } & NodeUnderTest> {
   const fake = await startFakeGlance(options.fake);
   t.after(() => fake.close());
-  return { fake, ...(await startTestNode(t, { upstreamUrl: fake.url, ...options.server }, options.cache)) };
+  return { fake, ...(await startTestNode(t, { upstreamUrl: fake.url, ...options.server }, options.cache, options.engine)) };
 }
 
 /** The image data path of a node (or Glance) at `url`. */

@@ -2,7 +2,7 @@ import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:
 import type { Readable } from 'node:stream';
 import type { Fills, FollowSpan } from '../../cache/fills.js';
 import type { ImageCache } from '../../cache/image-cache.js';
-import type { OpenImageFile } from '../../drivers/driver.js';
+import type { OpenImageFile } from '../../content/read.js';
 import { ImageNotCached, SourceUnavailable } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { ImageMetadata, ImageSource } from '../../sources/source.js';

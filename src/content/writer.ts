@@ -2,12 +2,12 @@ import fs from 'node:fs';
 import { channel } from 'node:diagnostics_channel';
 import { Writable } from 'node:stream';
 import { nowSeconds } from '../clock.js';
-import { CacheClosed, ClaimLost, ImageAlreadyCached, ImageBeingCached } from '../errors.js';
+import { CacheClosed, ClaimLost, ImageAlreadyCached, ImageBeingCached, WriterClosed } from '../errors.js';
 import type { Logger } from '../log.js';
 import { claimIncomplete, claimIntact, isAt, type Claim } from './claim.js';
-import type { DirectorySync } from './directory-sync.js';
-import { errorCode, isOutOfSpace, unlinkIfExistsSync } from './files.js';
-import type { CacheIo } from './io.js';
+import type { DirectorySync } from '../fs/directory-sync.js';
+import { errorCode, isOutOfSpace, unlinkIfExistsSync } from '../fs/files.js';
+import type { CacheIo } from '../fs/io.js';
 
 /** Where a driver keeps an image's metadata, as a commit needs it. */
 export interface CommitMetadata {
@@ -46,7 +46,7 @@ export interface WriterPaths {
   queueMarker: string;
 }
 
-/** Everything a writer needs from its cache, given by the driver. */
+/** Everything a writer needs from its cache, given by the content store. */
 export interface WriterContext {
   imageId: string;
   paths: WriterPaths;
@@ -55,6 +55,8 @@ export interface WriterContext {
   metadata: CommitMetadata;
   commits: CommitTracker;
   log: Logger;
+  /** Told once the commit is complete (published, recorded, marker popped), before 'finish': maintenance's cue. */
+  committed?: (size: number) => void;
 }
 
 /**
@@ -102,7 +104,8 @@ export const abandonedWriterChannel = channel('image-cache:writer-abandoned');
  * record, fsync (and run the verifyBeforePublish check), check the file is still ours, refuse if the image got cached
  * meanwhile, publish (rename into place), then make the rename durable and
  * commit the record together (withdrawing it if a delete got in between), pop
- * the queue marker, and only then release the claim and emit 'finish'. Once
+ * the queue marker, release the claim, tell the cache (which prunes if the
+ * commit took it past its limit) and only then emit 'finish'. Once
  * the file is published the writer reports success whatever follows, because
  * readers may already be reading it.
  *
@@ -258,6 +261,11 @@ export class CacheWriter extends Writable {
       log.error({ imageId: this.imageId, err }, 'could not remove the queue marker of a cached image');
     }
     this.release();
+    try {
+      this.ctx.committed?.(size);
+    } catch (err) {
+      log.error({ imageId: this.imageId, err }, 'a listener of a cached image\'s commit failed');
+    }
   }
 
   /**
@@ -287,7 +295,7 @@ export class CacheWriter extends Writable {
   }
 
   private requireClaim(): Claim {
-    if (this.claim === undefined) throw new Error(`cache writer for '${this.imageId}' is closed`);
+    if (this.claim === undefined) throw new WriterClosed(this.imageId);
     return this.claim;
   }
 }

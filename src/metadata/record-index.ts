@@ -1,6 +1,9 @@
 import fs from 'node:fs';
+import type { DriverName } from '../config.js';
+import type { CommitMetadata } from '../content/writer.js';
 import type { CacheEntry, CachedImage } from '../types.js';
-import { Driver, type MetadataRepairs } from './driver.js';
+import type { PendingAccess } from './access-batch.js';
+import type { IndexContext, MetadataIndex, MetadataRepairs } from './metadata-index.js';
 
 /** One image's record, as the sqlite and centralized_db drivers store it (Glance's columns). */
 export interface ImageRecord {
@@ -27,7 +30,7 @@ export const byId = (a: ImageRecord, b: ImageRecord): number => (a.image_id < b.
 export const byLastAccess = (a: ImageRecord, b: ImageRecord): number => a.last_accessed - b.last_accessed || byId(a, b);
 
 /**
- * A driver that keeps a record per image in a database (sqlite, centralized_db).
+ * An index that keeps a record per image in a database (sqlite, centralized_db).
  *
  * Records and files can disagree: files vanish behind our back (an operator,
  * another tool), and files appear without a record (Glance renames before it
@@ -43,7 +46,20 @@ export const byLastAccess = (a: ImageRecord, b: ImageRecord): number => a.last_a
  * spares a stat per image on every listing; a file rewritten by a process
  * outside the cache shows its recorded size until verify() corrects it.
  */
-export abstract class RecordStoreDriver extends Driver {
+export abstract class RecordIndex implements MetadataIndex {
+  abstract readonly name: DriverName;
+
+  constructor(protected readonly ctx: IndexContext) {}
+
+  abstract open(): Promise<void>;
+  abstract close(): Promise<void>;
+  abstract commitMetadata(imageId: string): CommitMetadata;
+  abstract forget(imageIds: readonly string[]): Promise<void> | void;
+  abstract writeReads(entries: Map<string, PendingAccess>): Promise<void> | void;
+  abstract getHitCount(imageId: string): Promise<number>;
+
+  checkWritable(_imageId: string): void {}
+
   /** This node's records; with 'lru', in the order prune evicts (byLastAccess). */
   protected abstract loadRecords(order: 'any' | 'lru'): ImageRecord[] | Promise<ImageRecord[]>;
   /** Inserts records for files that have none, skipping any recorded meanwhile; returns how many were inserted. */
@@ -54,7 +70,6 @@ export abstract class RecordStoreDriver extends Driver {
   protected abstract updateSizes(rows: readonly ImageRecord[]): number | Promise<number>;
 
   async getCachedImages(): Promise<CachedImage[]> {
-    await this.flushReads();
     const { recorded, unrecorded } = await this.reconcile('any');
     return recorded.concat(unrecorded).sort(byId).map((r) => ({
       imageId: r.image_id,
@@ -74,20 +89,19 @@ export abstract class RecordStoreDriver extends Driver {
   }
 
   async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
-    await this.flushReads();
     const { recorded, unrecorded } = await this.reconcile('lru');
     // recorded comes in LRU order from the store; merge in the few unrecorded files.
     const merged = mergeSorted(recorded, unrecorded.sort(byLastAccess), byLastAccess);
     return merged.map((r) => ({ imageId: r.image_id, size: r.size }));
   }
 
-  protected async repairMetadata(): Promise<MetadataRepairs> {
+  async repair(): Promise<MetadataRepairs> {
     const { recorded, unrecorded, missing } = await this.reconcile('any');
     const recordsDropped = missing.length === 0 ? 0 : await this.deleteRecords(missing);
     const filesAdopted = unrecorded.length === 0 ? 0 : await this.insertRecords(unrecorded);
     const wrongSize: ImageRecord[] = [];
     for (const record of recorded) {
-      const st = fileStat(this.getImageFilepath(record.image_id));
+      const st = fileStat(this.ctx.files.imagePath(record.image_id));
       if (st !== undefined && st.size !== record.size) wrongSize.push({ ...record, size: st.size });
     }
     const sizesCorrected = wrongSize.length === 0 ? 0 : await this.updateSizes(wrongSize);
@@ -101,13 +115,13 @@ export abstract class RecordStoreDriver extends Driver {
    */
   private async reconcile(order: 'any' | 'lru'): Promise<Reconciliation> {
     const records = await this.loadRecords(order);
-    const present = await this.activeImageIds();
+    const present = await this.ctx.files.activeImageIds();
     const recorded: ImageRecord[] = [];
     const missing: ImageRecord[] = [];
     for (const record of records) (present.delete(record.image_id) ? recorded : missing).push(record);
     const unrecorded: ImageRecord[] = [];
     for (const id of present) {
-      const st = fileStat(this.getImageFilepath(id));
+      const st = fileStat(this.ctx.files.imagePath(id));
       if (st === undefined) continue;
       // To the microsecond, as the stores keep times, so that adopting the file changes nothing a listing shows.
       const time = Math.round(st.mtimeMs * 1000) / 1e6;

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
-import { errorCode } from './files.js';
-import { isUnlocked, tryLockExclusive } from './flock.js';
-import type { CacheIo } from './io.js';
+import { errorCode } from '../fs/files.js';
+import { isUnlocked, tryLockExclusive } from '../fs/flock.js';
+import type { CacheIo } from '../fs/io.js';
 
 /**
  * The claim on an image being written: incomplete/<id>, created exclusively

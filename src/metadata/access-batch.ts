@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type { FileRead } from '../content/read.js';
 import { MetadataStoreUnavailable } from '../errors.js';
 import type { Logger } from '../log.js';
 import { outageRetryDelay } from './store-recovery.js';
@@ -17,13 +18,8 @@ export interface PendingAccess {
   lastModified: number;
 }
 
-/** One completed read, as openForRead reports it. */
-export interface Access {
-  at: number;
-  ino: number;
-  size: number;
-  lastModified: number;
-}
+/** One completed read, as the content store reports it. */
+export type Access = FileRead;
 
 /**
  * Writes reads. One that fails part-way deletes from `entries` the reads it
@@ -42,7 +38,7 @@ export const MAX_KEPT_IMAGES = 10_000;
 /**
  * Reads recorded in memory and written together: one transaction (or one pass
  * over the files) for however many reads closed meanwhile, instead of one per
- * read. Every driver records its reads through one.
+ * read. ImageCache records every driver's reads through one.
  *
  * One write runs at a time, and at most one more waits behind it, taking
  * whatever reads have gathered by the time it starts: under a steady stream of

@@ -1,11 +1,11 @@
+import fs from 'node:fs';
 import pg from 'pg';
-import { BadDriverConfiguration, InvalidImageId, MetadataStoreUnavailable } from '../errors.js';
-import type { CommitMetadata, PendingRecord } from '../fs/cache-writer.js';
+import type { CommitMetadata, PendingRecord } from '../content/writer.js';
+import { BadDriverConfiguration, CacheNotConfigured, InvalidImageId, MetadataStoreUnavailable, MetadataWriteFailed } from '../errors.js';
 import type { Logger } from '../log.js';
 import { stillTheFileRead, type PendingAccess } from './access-batch.js';
-import { RecordStoreDriver, byId, byLastAccess, type ImageRecord } from './record-store-driver.js';
+import { RecordIndex, byId, byLastAccess, type ImageRecord } from './record-index.js';
 import { isPostgresConnectionFailure, isRetryablePostgresError, withRetry } from './retry.js';
-import { sqliteFileNames } from './sqlite-files.js';
 
 /**
  * Glance's 2024.1 migration (2024_1_expand01_add_cache_tables), as SQLAlchemy
@@ -80,6 +80,8 @@ const ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS 
 const POOL_MAX = 4;
 /** How long configure() waits for the server before reporting it unreachable (and ImageCache falls back to sqlite). */
 const CONNECT_TIMEOUT_MS = 5_000;
+/** What a failure to use the database points the operator at: the option, under both of its names. */
+const CHECK_CONNECTION = 'check database_connection ([database] connection in glance-api.conf)';
 /** node_reference_url is VARCHAR(255) in Glance's table. */
 const NODE_URL_MAX = 255;
 
@@ -142,40 +144,34 @@ const SQL = {
  * by the access batch, and the records the outage kept from being written
  * are repaired from the files once it answers again (StoreRecovery).
  */
-export class CentralizedDbDriver extends RecordStoreDriver {
+export class CentralizedDbIndex extends RecordIndex {
   readonly name = 'centralized_db' as const;
   private pool: pg.Pool | undefined;
   private nodeId = '';
   private nodeUrl = '';
   private imageIdLimit = Infinity;
-  private reserved: ReadonlySet<string> = new Set();
 
   /** This node's worker_self_reference_url. */
   get nodeReferenceUrl(): string {
     return this.nodeUrl;
   }
 
-  protected override reservedNames(): ReadonlySet<string> {
-    return this.reserved;
-  }
-
   /** An ID longer than a Glance-made table's image_id column could never be recorded: refused before the download, not after. */
-  protected override checkWritable(imageId: string): void {
+  override checkWritable(imageId: string): void {
     if (imageId.length > this.imageIdLimit) {
       throw new InvalidImageId(imageId, `longer than the ${this.imageIdLimit} characters the cached_images.image_id column holds`);
     }
   }
 
-  protected async openMetadataStore(): Promise<void> {
-    this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
-    const nodeUrl = this.options.workerSelfReferenceUrl;
+  async open(): Promise<void> {
+    const nodeUrl = this.ctx.options.workerSelfReferenceUrl;
     if (typeof nodeUrl !== 'string' || nodeUrl.length === 0) {
       throw new BadDriverConfiguration('centralized_db', 'worker_self_reference_url is not set: each node needs its own URL (e.g. http://cache-1.example.com:9292) to keep its rows apart from the other nodes\'');
     }
     if (nodeUrl.length > NODE_URL_MAX) {
       throw new BadDriverConfiguration('centralized_db', `worker_self_reference_url is ${nodeUrl.length} characters long; node_reference holds at most ${NODE_URL_MAX}`);
     }
-    const connectionString = postgresUrl(this.options.databaseConnection);
+    const connectionString = postgresUrl(this.ctx.options.databaseConnection);
     const where = redact(connectionString);
     const pool = new pg.Pool({
       connectionString,
@@ -188,8 +184,8 @@ export class CentralizedDbDriver extends RecordStoreDriver {
     // An idle connection that breaks (server restart) is replaced on next use; without a listener it would crash the process.
     // A server that went away may have lost writes it had acknowledged (they do not wait for its WAL flush): repair once it is back.
     pool.on('error', (err) => {
-      this.log.warn({ driver: this.name, err }, 'idle PostgreSQL connection failed');
-      if (isPostgresConnectionFailure(err)) this.recovery.needed();
+      this.ctx.log.warn({ driver: this.name, err }, 'idle PostgreSQL connection failed');
+      if (isPostgresConnectionFailure(err)) this.ctx.storeUnavailable();
     });
     let client: pg.PoolClient;
     try {
@@ -198,35 +194,35 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       client.on('error', ignore);
     } catch (err) {
       await pool.end().catch(() => {});
-      throw new BadDriverConfiguration('centralized_db', `cannot connect to PostgreSQL at ${where}: ${(err as Error).message}`, { cause: err });
+      throw new BadDriverConfiguration('centralized_db', `cannot connect to PostgreSQL at ${where}: ${(err as Error).message}; ${CHECK_CONNECTION}`, { cause: err });
     }
     try {
-      await ensureSchema(client, this.log);
+      await ensureSchema(client, this.ctx.log);
       this.imageIdLimit = await imageIdColumnLimit(client);
       // Registered by one statement, read back by another: the insert waits for a
       // concurrent one of the same URL to commit, and the select then sees it.
       await withRetry(() => client.query('INSERT INTO node_reference (node_reference_url) VALUES ($1) ON CONFLICT (node_reference_url) DO NOTHING', [nodeUrl]), isRetryablePostgresError);
       const node = await client.query<{ node_reference_id: string }>('SELECT node_reference_id FROM node_reference WHERE node_reference_url = $1', [nodeUrl]);
-      if (node.rows[0] === undefined) throw new Error(`node_reference has no row for ${nodeUrl} after inserting it`);
+      if (node.rows[0] === undefined) throw new BadDriverConfiguration('centralized_db', `node_reference has no row for ${nodeUrl} after inserting it`);
       this.nodeId = node.rows[0].node_reference_id;
     } catch (err) {
       releaseHeld(client, err as Error);
       await pool.end().catch(() => {});
-      throw new BadDriverConfiguration('centralized_db', `cannot use the cache tables in ${where}: ${(err as Error).message}`, { cause: err });
+      throw new BadDriverConfiguration('centralized_db', `cannot use the cache tables in ${where}: ${(err as Error).message}; ${CHECK_CONNECTION}`, { cause: err });
     }
     releaseHeld(client);
     this.nodeUrl = nodeUrl;
     this.pool = pool;
   }
 
-  protected async closeMetadataStore(): Promise<void> {
+  async close(): Promise<void> {
     const pool = this.pool;
     if (pool === undefined) return;
     this.pool = undefined;
     await pool.end();
   }
 
-  protected commitMetadata(imageId: string): CommitMetadata {
+  commitMetadata(imageId: string): CommitMetadata {
     return {
       beforePublish: () => {},
       record: (size, now) => this.stageRecord(imageId, size, now),
@@ -246,10 +242,10 @@ export class CentralizedDbDriver extends RecordStoreDriver {
   private stageRecord(imageId: string, size: number, now: number): PendingRecord {
     // Reads of an earlier copy of this image must not count toward the new one:
     // drop those not yet sent, and let the batch in flight land first.
-    this.reads.forget(imageId);
+    this.ctx.reads.forget(imageId);
     // The connection sits idle in its transaction while the file is fsynced: if it breaks
     // then, pg reports it as an 'error' event (fatal without a listener), and COMMIT fails.
-    const staged = this.reads.settled().then(() => withRetry(() => this.use(async (pool) => {
+    const staged = this.ctx.reads.settled().then(() => withRetry(() => this.use(async (pool) => {
       const client = await pool.connect();
       client.on('error', ignore);
       try {
@@ -278,15 +274,14 @@ export class CentralizedDbDriver extends RecordStoreDriver {
     };
   }
 
-  protected async forgetCachedImages(imageIds: readonly string[]): Promise<void> {
+  async forget(imageIds: readonly string[]): Promise<void> {
     if (imageIds.length === 0) return;
-    for (const id of imageIds) this.reads.forget(id);
-    await this.reads.settled();
+    await this.ctx.reads.settled();
     // Sorted, so that batches of several processes lock rows in the same order.
     await this.write(SQL.forget, [this.nodeId, [...imageIds].sort()]);
   }
 
-  protected async writeReads(entries: Map<string, PendingAccess>): Promise<void> {
+  async writeReads(entries: Map<string, PendingAccess>): Promise<void> {
     if (this.pool === undefined) return; // closed while the batch waited
     const sorted = [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     const updated = await this.write(SQL.addReads, [
@@ -299,7 +294,7 @@ export class CentralizedDbDriver extends RecordStoreDriver {
     const done = new Set(updated.rows.map((row: { image_id: string }) => row.image_id));
     // Written: should the insert below fail, only the rest may be kept for another try.
     for (const id of done) entries.delete(id);
-    const unrecorded = sorted.filter(([id, read]) => !done.has(id) && id.length <= this.imageIdLimit && stillTheFileRead(this.getImageFilepath(id), read));
+    const unrecorded = sorted.filter(([id, read]) => !done.has(id) && id.length <= this.imageIdLimit && stillTheFileRead(this.ctx.files.imagePath(id), read));
     if (unrecorded.length === 0) return;
     await this.write(SQL.insertReads, [
       this.nodeId,
@@ -312,9 +307,6 @@ export class CentralizedDbDriver extends RecordStoreDriver {
   }
 
   async getHitCount(imageId: string): Promise<number> {
-    this.validate(imageId);
-    if (!(await this.isCached(imageId))) return 0;
-    await this.flushReads();
     const result = await this.use((pool) => pool.query<{ hits: number }>(SQL.hits, [this.nodeId, imageId]));
     return result.rows[0]?.hits ?? 0;
   }
@@ -325,11 +317,10 @@ export class CentralizedDbDriver extends RecordStoreDriver {
    * the other nodes' files are out of sight, so their records are taken as
    * they are (each node's verify() keeps its own rows true).
    */
-  override async getCachedNodes(imageId: string): Promise<string[]> {
-    this.validate(imageId);
+  async getCachedNodes(imageId: string): Promise<string[]> {
     const result = await this.use((pool) => pool.query<{ node_reference_id: string; node_reference_url: string }>(SQL.nodes, [imageId]));
     const urls = new Set(result.rows.filter((row) => row.node_reference_id !== this.nodeId).map((row) => row.node_reference_url));
-    if (await this.isCached(imageId)) urls.add(this.nodeUrl);
+    if (fs.existsSync(this.ctx.files.imagePath(imageId))) urls.add(this.nodeUrl);
     return [...urls].sort();
   }
 
@@ -382,13 +373,13 @@ export class CentralizedDbDriver extends RecordStoreDriver {
       return await operation(pool);
     } catch (err) {
       if (!isPostgresConnectionFailure(err)) throw err;
-      this.recovery.needed();
+      this.ctx.storeUnavailable();
       throw new MetadataStoreUnavailable(this.name, err as Error);
     }
   }
 
   private db(): pg.Pool {
-    if (this.pool === undefined) throw new Error('the centralized_db driver is not configured (call configure() first)');
+    if (this.pool === undefined) throw new CacheNotConfigured('the centralized_db driver');
     return this.pool;
   }
 }
@@ -419,7 +410,7 @@ function releaseHeld(client: pg.PoolClient, err?: Error): void {
  */
 function beginRecord(client: pg.PoolClient, nodeId: string, imageId: string, now: number, size: number): string {
   if (!/^\d+$/.test(nodeId) || !Number.isFinite(now) || !Number.isSafeInteger(size)) {
-    throw new Error(`refusing to record image ${imageId}: unexpected node ${nodeId}, time ${now} or size ${size}`);
+    throw new MetadataWriteFailed('centralized_db', imageId, `refusing to build its record from an unexpected node ${nodeId}, time ${now} or size ${size}`);
   }
   const at = toTimestamp(String(now));
   return `BEGIN; SET LOCAL synchronous_commit = off;

@@ -3,13 +3,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr';
-import { BadDriverConfiguration } from '../errors.js';
+import type { CommitMetadata } from '../content/writer.js';
+import { BadDriverConfiguration, MetadataWriteFailed } from '../errors.js';
 import { errorCode } from '../fs/files.js';
-import type { CommitMetadata } from '../fs/cache-writer.js';
 import type { CacheEntry, CachedImage } from '../types.js';
 import { stillTheFileRead, type PendingAccess } from './access-batch.js';
-import { Driver, type MetadataRepairs } from './driver.js';
-import { sqliteFileNames } from './sqlite-files.js';
+import type { IndexContext, MetadataIndex, MetadataRepairs } from './metadata-index.js';
 
 /** Glance's attribute: the hit count as str(int), e.g. "3". */
 const HITS = 'user.hits';
@@ -47,19 +46,12 @@ const { ENOENT, ENOTSUP, EOPNOTSUPP } = os.constants.errno;
  * image at the same moment can lose one hit: hits are statistics, and a lock
  * per read would cost more than they are worth.
  */
-export class XattrDriver extends Driver {
+export class XattrIndex implements MetadataIndex {
   readonly name = 'xattr' as const;
-  private reserved: ReadonlySet<string> = new Set();
 
-  protected override reservedNames(): ReadonlySet<string> {
-    return this.reserved;
-  }
+  constructor(private readonly ctx: IndexContext) {}
 
-  protected async openMetadataStore(): Promise<void> {
-    // A directory the sqlite driver used (ImageCache falls back to it when this
-    // driver cannot be configured) holds its database: that is not an image to
-    // list or prune, and the names are reserved under sqlite too.
-    this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
+  async open(): Promise<void> {
     this.probeUserAttributes();
   }
 
@@ -70,7 +62,7 @@ export class XattrDriver extends Driver {
    * behind by a crash is never listed or pruned as an image.
    */
   private probeUserAttributes(): void {
-    const dir = this.baseDir;
+    const dir = this.ctx.files.baseDir;
     const probe = path.join(dir, `.xattr-probe@${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
       fs.writeFileSync(probe, '', { flag: 'wx' });
@@ -96,12 +88,14 @@ export class XattrDriver extends Driver {
       try {
         fs.unlinkSync(probe);
       } catch (err) {
-        this.log.warn({ driver: this.name, err, probe }, 'could not remove the extended attribute probe file');
+        this.ctx.log.warn({ driver: this.name, err, probe }, 'could not remove the extended attribute probe file');
       }
     }
   }
 
-  protected async closeMetadataStore(): Promise<void> {}
+  async close(): Promise<void> {}
+
+  checkWritable(_imageId: string): void {}
 
   /**
    * The attributes go on incomplete/<id>, before the rename, so that the
@@ -109,15 +103,15 @@ export class XattrDriver extends Driver {
    * without user.hits). The directory fsync that follows the rename commits
    * them along with it on journalling file systems (ext4, XFS).
    */
-  protected commitMetadata(imageId: string): CommitMetadata {
+  commitMetadata(imageId: string): CommitMetadata {
     return {
       beforePublish: (file, now) => {
-        this.reads.forget(imageId);
+        this.ctx.reads.forget(imageId);
         try {
           setAttributeSync(file, HITS, '0');
           setAttributeSync(file, LAST_ACCESSED, String(now));
         } catch (err) {
-          throw new Error(`cannot set the extended attributes of ${file}: ${(err as Error).message}`, { cause: err });
+          throw new MetadataWriteFailed(this.name, imageId, `cannot set the extended attributes of ${file}: ${(err as Error).message}`, { cause: err });
         }
       },
       // The attributes are on the file: gone with it.
@@ -126,10 +120,8 @@ export class XattrDriver extends Driver {
     };
   }
 
-  /** The attributes went with the files; only reads not yet written remain to drop. */
-  protected forgetCachedImages(imageIds: readonly string[]): void {
-    for (const id of imageIds) this.reads.forget(id);
-  }
+  /** The attributes went with the files: nothing to forget. */
+  forget(_imageIds: readonly string[]): void {}
 
   /**
    * Files without user.hits (copied in, or committed by a Glance that crashed
@@ -137,7 +129,7 @@ export class XattrDriver extends Driver {
    * that Glance's inc_xattr works on them. There are no records to drop and
    * no recorded sizes here: both live on the file itself.
    */
-  protected async repairMetadata(): Promise<MetadataRepairs> {
+  async repair(): Promise<MetadataRepairs> {
     let filesAdopted = 0;
     await this.forEachActiveImage((_id, file) => {
       try {
@@ -155,11 +147,11 @@ export class XattrDriver extends Driver {
   }
 
   /** Writes recorded reads to the files' attributes. */
-  protected writeReads(entries: Map<string, PendingAccess>): void {
+  writeReads(entries: Map<string, PendingAccess>): void {
     let failed = 0;
     let lastError: unknown;
     for (const [id, access] of entries) {
-      const file = this.getImageFilepath(id);
+      const file = this.ctx.files.imagePath(id);
       // A read of an earlier copy (deleted, or pruned, and cached again since) counts for nothing.
       if (!stillTheFileRead(file, access)) continue;
       try {
@@ -173,7 +165,7 @@ export class XattrDriver extends Driver {
         lastError = err;
       }
     }
-    if (failed > 0) this.log.error({ driver: this.name, err: lastError, images: failed }, 'could not record image reads');
+    if (failed > 0) this.ctx.log.error({ driver: this.name, err: lastError, images: failed }, 'could not record image reads');
   }
 
   async getCachedImages(): Promise<CachedImage[]> {
@@ -192,10 +184,8 @@ export class XattrDriver extends Driver {
   }
 
   async getHitCount(imageId: string): Promise<number> {
-    const file = this.getImageFilepath(imageId);
-    await this.flushReads();
-    // null when the image is not cached (or its file has no count): 0, as Glance says.
-    return parseHits(getAttributeSync(file, HITS));
+    // null when the file has no count (or is gone meanwhile): 0, as Glance says.
+    return parseHits(getAttributeSync(this.ctx.files.imagePath(imageId), HITS));
   }
 
   async listLeastRecentlyAccessed(): Promise<CacheEntry[]> {
@@ -212,7 +202,6 @@ export class XattrDriver extends Driver {
    * skips reading the counts, which ordering by last access does not need.
    */
   private async scan(withHits: boolean): Promise<CachedImage[]> {
-    await this.flushReads();
     const images: CachedImage[] = [];
     await this.forEachActiveImage((id, file) => {
       const st = fs.statSync(file, { throwIfNoEntry: false });
@@ -231,8 +220,8 @@ export class XattrDriver extends Driver {
   /** Calls `visit` for each active image, yielding to the event loop every SCAN_SLICE files. */
   private async forEachActiveImage(visit: (imageId: string, file: string) => void): Promise<void> {
     let examined = 0;
-    for (const id of await this.activeImageIds()) {
-      visit(id, this.getImageFilepath(id));
+    for (const id of await this.ctx.files.activeImageIds()) {
+      visit(id, this.ctx.files.imagePath(id));
       if (++examined % SCAN_SLICE === 0) await yieldToEventLoop();
     }
   }

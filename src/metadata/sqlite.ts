@@ -1,10 +1,9 @@
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { BadDriverConfiguration } from '../errors.js';
-import type { CommitMetadata } from '../fs/cache-writer.js';
+import type { CommitMetadata } from '../content/writer.js';
+import { BadDriverConfiguration, CacheNotConfigured } from '../errors.js';
 import { stillTheFileRead, type PendingAccess } from './access-batch.js';
-import { RecordStoreDriver, type ImageRecord } from './record-store-driver.js';
-import { sqliteFileNames } from './sqlite-files.js';
+import { RecordIndex, type ImageRecord } from './record-index.js';
 
 /**
  * Glance's table, column for column, so either side can read the other's
@@ -36,29 +35,24 @@ const WAL_AUTOCHECKPOINT_PAGES = 10_000;
 const BUSY_TIMEOUT_MS = 10_000;
 
 /**
- * The embedded default driver: metadata in <image_cache_dir>/cache.db.
+ * The embedded default driver's index: metadata in <image_cache_dir>/cache.db,
+ * and every statement it runs, here.
  *
  * WAL while open (readers never block the writer, commits need no fsync at
  * synchronous=NORMAL); on close the database goes back to a rollback journal
  * when no other process has it open, because Glance's driver counts every
  * other file in the directory, cache.db-wal included, as a cached image.
  */
-export class SqliteDriver extends RecordStoreDriver {
+export class SqliteIndex extends RecordIndex {
   readonly name = 'sqlite' as const;
   private db: Database.Database | undefined;
-  private reserved: ReadonlySet<string> = new Set();
-  private statements: ReturnType<SqliteDriver['prepare']> | undefined;
+  private statements: ReturnType<SqliteIndex['prepare']> | undefined;
 
   get dbPath(): string {
-    return path.join(this.baseDir, this.options.imageCacheSqliteDb);
+    return path.join(this.ctx.files.baseDir, this.ctx.options.imageCacheSqliteDb);
   }
 
-  protected override reservedNames(): ReadonlySet<string> {
-    return this.reserved;
-  }
-
-  protected async openMetadataStore(): Promise<void> {
-    this.reserved = sqliteFileNames(this.options.imageCacheSqliteDb);
+  async open(): Promise<void> {
     try {
       const db = new Database(this.dbPath, { timeout: BUSY_TIMEOUT_MS });
       db.pragma('journal_mode = WAL');
@@ -106,7 +100,7 @@ export class SqliteDriver extends RecordStoreDriver {
       // An image read before it had a record (a file Glance or a crash left) gets one, if the file read is still the image.
       applyReads: db.transaction((entries: Map<string, PendingAccess>) => {
         for (const [id, read] of entries) {
-          if (addHits.run(read.hits, read.lastAccessed, id).changes === 0 && stillTheFileRead(this.getImageFilepath(id), read)) {
+          if (addHits.run(read.hits, read.lastAccessed, id).changes === 0 && stillTheFileRead(this.ctx.files.imagePath(id), read)) {
             insertRead.run(id, read.lastAccessed, read.lastModified, read.size, read.hits);
           }
         }
@@ -117,7 +111,7 @@ export class SqliteDriver extends RecordStoreDriver {
     };
   }
 
-  protected async closeMetadataStore(): Promise<void> {
+  async close(): Promise<void> {
     const db = this.db;
     if (db === undefined) return;
     this.db = undefined;
@@ -132,14 +126,14 @@ export class SqliteDriver extends RecordStoreDriver {
     db.close();
   }
 
-  protected commitMetadata(imageId: string): CommitMetadata {
+  commitMetadata(imageId: string): CommitMetadata {
     return {
       beforePublish: () => {},
       // One local insert, cheaper than staging: written once the file is published.
       record: (size, now) => ({
         commit: () => {
           // Reads of an earlier copy of this image must not count toward the new one.
-          this.reads.forget(imageId);
+          this.ctx.reads.forget(imageId);
           this.sql().record.run(imageId, now, now, size);
         },
         abandon: () => {},
@@ -150,22 +144,18 @@ export class SqliteDriver extends RecordStoreDriver {
     };
   }
 
-  protected forgetCachedImages(imageIds: readonly string[]): void {
-    for (const id of imageIds) this.reads.forget(id);
+  forget(imageIds: readonly string[]): void {
     if (imageIds.length === 1) this.sql().forget.run(imageIds[0]!);
     else if (imageIds.length > 1) this.sql().forgetMany.immediate(imageIds);
   }
 
-  protected writeReads(entries: Map<string, PendingAccess>): void {
+  writeReads(entries: Map<string, PendingAccess>): void {
     // The database may have been closed while the batch waited (close() writes it first; this is the rest).
     if (this.statements === undefined) return;
     this.sql().applyReads.immediate(entries);
   }
 
   async getHitCount(imageId: string): Promise<number> {
-    this.validate(imageId);
-    if (!(await this.isCached(imageId))) return 0;
-    await this.flushReads();
     return this.sql().hits.get(imageId)?.hits ?? 0;
   }
 
@@ -185,8 +175,8 @@ export class SqliteDriver extends RecordStoreDriver {
     return this.sql().resizeMany.immediate(rows);
   }
 
-  private sql(): NonNullable<SqliteDriver['statements']> {
-    if (this.statements === undefined) throw new Error('the sqlite driver is not configured (call configure() first)');
+  private sql(): NonNullable<SqliteIndex['statements']> {
+    if (this.statements === undefined) throw new CacheNotConfigured('the sqlite driver');
     return this.statements;
   }
 }

@@ -1,6 +1,6 @@
 import { MetadataStoreUnavailable } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { MetadataRepairs } from './driver.js';
+import type { MetadataRepairs } from './metadata-index.js';
 
 /** The first wait before trying an unavailable metadata store again, and the cap the waits double up to. */
 const OUTAGE_BASE_DELAY_MS = 100;
