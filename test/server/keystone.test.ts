@@ -56,7 +56,7 @@ describe('auth_strategy = keystone', { skip: missing }, () => {
     for (const [method, path] of ROUTES) {
       assert.equal((await fetchAll(`${url}${path}`, { method })).status, 401, `${method} ${path} without a token`);
       assert.equal((await fetchAll(`${url}${path}`, { method, headers: { 'x-auth-token': 'not-a-token' } })).status, 401, `${method} ${path} with a bad token`);
-      const member = await fetchAll(`${url}${path}`, { method, headers: { 'x-auth-token': memberToken } });
+      const member = await fetchAll(`${url}${path}`, { method, headers: { 'x-auth-token': memberToken, accept: 'application/json' } });
       assert.equal(member.status, 403, `${method} ${path} as a member`);
       assert.match(JSON.parse(member.body.toString()).message, /'admin' role/);
     }
