@@ -6,7 +6,7 @@ import { errorPage } from './error-page.js';
 import { REQUEST_ID_HEADER, type RequestIds } from './request-id.js';
 
 /** What the request log says about a request beyond method, path and status. */
-export interface RequestNotes extends RequestIds {
+export interface RequestNotes extends Partial<RequestIds> {
   imageId?: string;
   cache?: 'hit' | 'miss' | 'bypass';
   /** Why a download was not served from the cache or a fill. */
