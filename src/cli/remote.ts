@@ -88,7 +88,8 @@ function errorMessage(body: Buffer): string {
   try {
     const parsed = JSON.parse(text) as { message?: unknown; error?: { message?: unknown } };
     const message = parsed.message ?? parsed.error?.message;
-    if (typeof message === 'string') return message;
+    // Glance's (webob's) JSON error ends its message with the page's line breaks.
+    if (typeof message === 'string') return message.replace(/(<br \/>)+\s*$/, '');
   } catch {
     // not JSON: fall through to the text itself
   }

@@ -7,10 +7,11 @@ import { ChecksumMismatch, FillAbandoned, ImageCacheError, MetadataStoreUnavaila
 import type { Logger } from '../log.js';
 import type { Upstream } from '../sources/upstream.js';
 import type { ImageSource } from '../sources/source.js';
-import type { Authorizer } from './authorize.js';
+import type { Access, Decision } from './authorize.js';
 import type { ServerOptions } from './config.js';
 import type { NodeMetrics } from './metrics.js';
 import { sendError, type RequestNotes } from './respond.js';
+import { REQUEST_ID_HEADER, requestIdsOf, withRequestIds } from './request-id.js';
 import { deleteImageRoute, forwardRoute } from './routes/forward.js';
 import { healthRoute } from './routes/health.js';
 import { imageDataRoute } from './routes/image-data.js';
@@ -27,8 +28,8 @@ export interface AppDeps {
   metrics: NodeMetrics;
   prefetcher: Prefetcher;
   maintenance: Maintenance;
-  /** Who may manage the cache. */
-  authorizeAdmin: Authorizer;
+  /** Who may download and who may manage the cache. */
+  access: Access;
   /** Whether the source proves an image gone, beyond what one caller may see (see image-data.ts). */
   provenGone(imageId: string): Promise<boolean>;
   /** The Prometheus text (with several workers, all of them added up). */
@@ -69,15 +70,14 @@ export function createServer(deps: AppDeps): http.Server {
     }
     if (req.method === 'GET' && (path === '/versions' || path === '/' || path === '/v2' || path === '/v2/')) return versions(req, res);
     if (path === '/v2/cache' || path.startsWith('/v2/cache/')) {
-      const decision = await deps.authorizeAdmin(req);
-      if (!decision.ok) {
-        sendError(res, decision.status, decision.message);
-        return;
-      }
+      if (refused(res, await deps.access.admin(req))) return;
       return cacheAdmin(req, res, path);
     }
     const data = req.method === 'GET' ? IMAGE_DATA.exec(path) : null;
-    if (data !== null) return imageData(req, res, notes, segment(data[1]!));
+    if (data !== null) {
+      if (refused(res, await deps.access.reader(req))) return;
+      return imageData(req, res, notes, segment(data[1]!));
+    }
     const image = req.method === 'DELETE' && deleteImage ? IMAGE.exec(path) : null;
     if (image !== null) return deleteImage!(req, res, segment(image[1]!));
     if (forward) return forward(req, res);
@@ -94,7 +94,10 @@ export function createServer(deps: AppDeps): http.Server {
   const connectionsCheckingInterval = Math.min(30_000, Math.ceil(headersTimeout / 4));
   const server = http.createServer({ requestTimeout: 0, headersTimeout, connectionsCheckingInterval }, (req, res) => {
     const started = process.hrtime.bigint();
-    const notes: RequestNotes = {};
+    const ids = requestIdsOf(req);
+    // On every answer, whoever writes it (an upstream's own id is not passed on: endToEndHeaders).
+    res.setHeader(REQUEST_ID_HEADER, ids.requestId);
+    const notes: RequestNotes = { ...ids };
     res.once('close', () => {
       log.info({
         method: req.method,
@@ -105,7 +108,7 @@ export function createServer(deps: AppDeps): http.Server {
         ...(res.writableFinished ? {} : { aborted: true }),
       }, 'request');
     });
-    route(req, res, notes).catch((err: unknown) => failed(res, err, notes));
+    withRequestIds(ids, () => route(req, res, notes)).catch((err: unknown) => failed(res, err, notes));
   });
   server.keepAliveTimeout = 30_000;
 
@@ -134,6 +137,13 @@ export function createServer(deps: AppDeps): http.Server {
   }
 
   return server;
+}
+
+/** Answers a refusal; whether it was one. */
+function refused(res: ServerResponse, decision: Decision): boolean {
+  if (decision.ok) return false;
+  sendError(res, decision.status, decision.message, decision.headers);
+  return true;
 }
 
 /** A path segment as the ID it names (a client may percent-encode it). */

@@ -31,6 +31,11 @@ export class Keystone {
   private renewing: Promise<string> | undefined;
   private readonly checks = new Map<string, { check: TokenCheck; until: number }>();
 
+  /** Where callers authenticate: auth_url as configured (what a 401's WWW-Authenticate names). */
+  get authUrl(): string {
+    return this.options.authUrl;
+  }
+
   constructor(private readonly options: KeystoneOptions) {
     const url = options.authUrl.replace(/\/+$/, '');
     this.keystone = new Upstream(/\/v3$/.test(url) ? url : `${url}/v3`, { timeoutMs: KEYSTONE_TIMEOUT_MS, name: 'keystone' });

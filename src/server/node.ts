@@ -12,7 +12,8 @@ import type { ImageSource } from '../sources/source.js';
 import { createServer } from './app.js';
 import type { ServeConfig } from './config.js';
 import { NodeMetrics } from './metrics.js';
-import { everyoneIsAdmin, keystoneRole } from './authorize.js';
+import { accessFor } from './authorize.js';
+import { outboundRequestIdHeaders } from './request-id.js';
 import { Keystone } from './keystone.js';
 
 /** A failed prefetch is tried again after this, then twice as long each time, up to the max. */
@@ -52,7 +53,7 @@ export async function startNode(
   // rather than serve invisibly to the other nodes. Commits prune by themselves (ImageCache).
   const cache = await ImageCache.create({ ...config.cache, logger: log }, { fallbackToSqlite: false, pruneAfterCommit: options.pruneAfterCommit ?? true });
   const timeoutMs = opts.upstreamTimeout * 1000;
-  const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs });
+  const upstream = opts.upstreamUrl === undefined ? undefined : new Upstream(opts.upstreamUrl, { timeoutMs, headers: outboundRequestIdHeaders });
   const source: ImageSource = upstream ? new GlanceSource(upstream) : new LocalDirectorySource({ dir: opts.filesystemStoreDatadir });
   const keystone = opts.keystone === undefined ? undefined : new Keystone({ ...opts.keystone, log });
   /** The node's own token for the source, for what no caller asked with theirs. */
@@ -68,7 +69,7 @@ export async function startNode(
     log,
   });
   const metricsText = options.metricsText ? () => options.metricsText!(metrics) : () => metrics.registry.metrics();
-  const authorizeAdmin = keystone === undefined ? everyoneIsAdmin : keystoneRole(keystone, opts.cacheAdminRole);
+  const access = accessFor(keystone, opts.cacheAdminRole);
   // noauth: the source shows every image to everyone, so its 404 is proof. keystone: proof is a
   // 404 to the node's own credentials too (an admin's, which see every project's images).
   const provenGone = async (imageId: string): Promise<boolean> => {
@@ -80,7 +81,7 @@ export async function startNode(
   };
   // Before the first request: a crash's leftovers go to invalid/, and the records agree with the files again.
   await recoverAtStart(maintenance, log);
-  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, authorizeAdmin, provenGone, options: opts, log });
+  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, access, provenGone, options: opts, log });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.bindPort, opts.bindHost, () => {

@@ -2,9 +2,11 @@ import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerR
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { SourceAnswer, SourceResponse } from '../sources/source.js';
+import { errorPage } from './error-page.js';
+import { REQUEST_ID_HEADER, type RequestIds } from './request-id.js';
 
 /** What the request log says about a request beyond method, path and status. */
-export interface RequestNotes {
+export interface RequestNotes extends Partial<RequestIds> {
   imageId?: string;
   cache?: 'hit' | 'miss' | 'bypass';
   /** Why a download was not served from the cache or a fill. */
@@ -23,11 +25,17 @@ export type Handler = (req: IncomingMessage, res: ServerResponse, notes: Request
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'proxy-authorization', 'expect', 'host']);
 
+/**
+ * Headers the node sets itself on both sides, never passed along: the request
+ * id (its own on every answer, the global one on every request it sends; see request-id.ts).
+ */
+const OWN = new Set([REQUEST_ID_HEADER]);
+
 export function endToEndHeaders(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   const listed = new Set(String(headers.connection ?? '').toLowerCase().split(',').map((name) => name.trim()).filter(Boolean));
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || listed.has(name)) continue;
+    if (value === undefined || HOP_BY_HOP.has(name) || OWN.has(name) || listed.has(name)) continue;
     out[name] = value;
   }
   return out;
@@ -45,9 +53,11 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
-/** An error in the shape Glance's clients print. */
+/** An error of the node's own, as Glance answers one (webob's page, negotiated on the request's Accept: see error-page.ts). */
 export function sendError(res: ServerResponse, status: number, message: string, headers: OutgoingHttpHeaders = {}): void {
-  sendJson(res, status, { message }, headers);
+  const page = errorPage(status, message, res.req.headers.accept);
+  res.writeHead(status, { 'content-type': page.contentType, 'content-length': Buffer.byteLength(page.body), ...headers });
+  res.end(page.body);
 }
 
 /** A source's refusal, passed on as it came (status, type, body). */

@@ -10,6 +10,8 @@ export interface UpstreamOptions {
   timeoutMs: number;
   /** What it is, in errors (SourceUnavailable's source): `glance`, `keystone`. */
   name?: string;
+  /** Headers added to every request, asked for as it is sent (the request id to trace it by). */
+  headers?: () => OutgoingHttpHeaders;
 }
 
 export interface UpstreamRequest {
@@ -119,7 +121,7 @@ export class Upstream {
         port: this.url.port,
         method: request.method,
         path: `${this.prefix}${request.path}`,
-        headers: request.headers,
+        headers: { ...this.options.headers?.(), ...request.headers },
         agent: this.agent,
       });
       const name = this.options.name ?? 'glance';

@@ -117,7 +117,7 @@ describe('bad input', () => {
 
   it('answers malformed percent-encoding with 400', async (t) => {
     const { url } = await startFakeGlanceAndNode(t);
-    const response = await fetchAll(`${url}/v2/images/%E0%A4%A/file`);
+    const response = await fetchAll(`${url}/v2/images/%E0%A4%A/file`, { headers: { accept: 'application/json' } });
     assert.equal(response.status, 400);
     assert.match(JSON.parse(response.body.toString()).message, /percent-encoding/);
   });

@@ -12,6 +12,8 @@ import { download, fetchAll, startFakeGlanceAndNode, startTestNode, until } from
 
 
 const json = (body: Buffer): any => JSON.parse(body.toString());
+/** Errors come as JSON only when asked for (as Glance's do). */
+const ACCEPT_JSON = { accept: 'application/json' };
 
 describe('cache management API', () => {
   it('GET /v2/cache lists cached images in Glance\'s shape and the queue', async (t) => {
@@ -41,11 +43,11 @@ describe('cache management API', () => {
     await until(async () => !(await node.cache.isQueued(image.id)), 'the commit to pop the queue marker');
     assert.equal(fake.fileRequests(image.id), 1);
 
-    const unknown = await fetchAll(`${url}/v2/cache/00000000-0000-4000-8000-000000000000`, { method: 'PUT' });
+    const unknown = await fetchAll(`${url}/v2/cache/00000000-0000-4000-8000-000000000000`, { method: 'PUT', headers: ACCEPT_JSON });
     assert.equal(unknown.status, 404);
     assert.match(json(unknown.body).message, /not found/);
     const queued = await fake.addImage({ data: imageBytes(10), status: 'queued' });
-    const notActive = await fetchAll(`${url}/v2/cache/${queued.id}`, { method: 'PUT' });
+    const notActive = await fetchAll(`${url}/v2/cache/${queued.id}`, { method: 'PUT', headers: ACCEPT_JSON });
     assert.equal(notActive.status, 400);
     assert.match(json(notActive.body).message, /active/);
   });
@@ -79,7 +81,7 @@ describe('cache management API', () => {
   it('DELETE /v2/cache with an unknown clear target is a 400 and clears nothing', async (t) => {
     const { url, node } = await startFakeGlanceAndNode(t);
     await node.cache.queueImage('waiting');
-    const response = await fetchAll(`${url}/v2/cache`, { method: 'DELETE', headers: { 'x-image-cache-clear-target': 'everything' } });
+    const response = await fetchAll(`${url}/v2/cache`, { method: 'DELETE', headers: { ...ACCEPT_JSON, 'x-image-cache-clear-target': 'everything' } });
     assert.equal(response.status, 400);
     assert.match(json(response.body).message, /x-image-cache-clear-target/);
     assert.equal(await node.cache.isQueued('waiting'), true);
@@ -100,7 +102,7 @@ describe('cache management API', () => {
 
   it('GET /v2/cache/nodes/{id} is a 409 unless the driver is centralized_db', async (t) => {
     const { url } = await startFakeGlanceAndNode(t);
-    const response = await fetchAll(`${url}/v2/cache/nodes/any-image`);
+    const response = await fetchAll(`${url}/v2/cache/nodes/any-image`, { headers: ACCEPT_JSON });
     assert.equal(response.status, 409);
     assert.match(json(response.body).message, /centralized_db/);
   });

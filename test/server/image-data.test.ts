@@ -247,7 +247,7 @@ describe('image data: upstream faults', () => {
     const deadUrl = fake.url;
     await fake.close();
     const { url } = await startTestNode(t, { upstreamUrl: deadUrl });
-    const response = await fetchAll(fileUrl(url, 'c0ffee00-0000-4000-8000-000000000000'));
+    const response = await fetchAll(fileUrl(url, 'c0ffee00-0000-4000-8000-000000000000'), { headers: { accept: 'application/json' } });
     assert.equal(response.status, 502);
     assert.match(JSON.parse(response.body.toString()).message, /unavailable/);
   });

@@ -119,7 +119,7 @@ describe('a centralized_db node while its PostgreSQL is down', () => {
       await expectImage(url, uncached, data.uncached);
       assert.equal(fake.fileRequests(uncached.id), 1, 'the second download was a hit');
 
-      const listing = await fetchAll(`${url}/v2/cache`);
+      const listing = await fetchAll(`${url}/v2/cache`, { headers: { accept: 'application/json' } });
       assert.equal(listing.status, 503);
       assert.match(json<{ message: string }>(listing.body).message, /^Service unavailable: the centralized_db driver's metadata store is unavailable: /);
       assert.equal(listing.headers['retry-after'], '5');
@@ -134,7 +134,7 @@ describe('a centralized_db node while its PostgreSQL is down', () => {
 
       // A delete removes the file (the image is no longer served from here) but cannot remove its
       // record: 503 says it did not complete, and the row goes once the server is back.
-      const deletion = await fetchAll(`${url}/v2/cache/${deleted.id}`, { method: 'DELETE' });
+      const deletion = await fetchAll(`${url}/v2/cache/${deleted.id}`, { method: 'DELETE', headers: { accept: 'application/json' } });
       assert.equal(deletion.status, 503);
       assert.match(json<{ message: string }>(deletion.body).message, /metadata store is unavailable/);
       assert.equal(await node.cache.isCached(deleted.id), false);

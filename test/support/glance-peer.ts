@@ -30,6 +30,21 @@ export interface GlanceOptions {
   cacheDriver?: 'sqlite' | 'xattr';
   workers?: number;
   cacheMaxSize?: number;
+  /**
+   * auth_strategy = keystone: keystonemiddleware's authtoken in the pipeline (paste flavor
+   * keystone, or keystone+cachemanagement), validating tokens against this Keystone with these
+   * credentials of Glance's own, and caching each validation for token_cache_time (its default 300 s).
+   */
+  keystone?: GlanceKeystone;
+}
+
+/** [keystone_authtoken] of a Glance behind Keystone: where Keystone is and Glance's own user (domain Default). */
+export interface GlanceKeystone {
+  /** The identity API, e.g. http://127.0.0.1:PORT/v3. */
+  url: string;
+  username: string;
+  password: string;
+  project: string;
 }
 
 export interface GlancePeer {
@@ -65,9 +80,14 @@ export async function startGlance(options: GlanceOptions = {}): Promise<GlancePe
   }
 }
 
-/** Creates a raw/bare image and uploads its bytes (a Buffer, or a file streamed from its path); resolves to its id once active. */
-export async function uploadImage(url: string, data: Buffer | string, name = 'image'): Promise<string> {
-  const created = await glanceRequest(`${url}/v2/images`, 'POST', { 'Content-Type': 'application/json' }, JSON.stringify({
+/**
+ * Creates a raw/bare image and uploads its bytes (a Buffer, or a file streamed from its path);
+ * resolves to its id once active. `token`: a Keystone token, for a Glance behind Keystone (the
+ * image is then its project's).
+ */
+export async function uploadImage(url: string, data: Buffer | string, name = 'image', token?: string): Promise<string> {
+  const auth: Record<string, string> = token === undefined ? {} : { 'X-Auth-Token': token };
+  const created = await glanceRequest(`${url}/v2/images`, 'POST', { ...auth, 'Content-Type': 'application/json' }, JSON.stringify({
     name,
     disk_format: 'raw',
     container_format: 'bare',
@@ -77,6 +97,7 @@ export async function uploadImage(url: string, data: Buffer | string, name = 'im
   const size = typeof data === 'string' ? fs.statSync(data).size : data.length;
   const body = typeof data === 'string' ? fs.createReadStream(data) : data;
   const uploaded = await glanceRequest(`${url}/v2/images/${id}/file`, 'PUT', {
+    ...auth,
     'Content-Type': 'application/octet-stream',
     'Content-Length': String(size),
   }, body);
@@ -102,14 +123,14 @@ class RunningGlance extends PeerGroup implements GlancePeer {
   }
 }
 
-/** The configuration start.sh writes: loopback, no auth, file store, sqlite database, cache middleware unless 'off'. */
+/** The configuration start.sh writes: loopback, no auth (unless `keystone`), file store, sqlite database, cache middleware unless 'off'. */
 function writeConfig(root: string, port: number, options: GlanceOptions): string {
   for (const dir of ['etc', 'cache', 'images', 'log']) fs.mkdirSync(path.join(root, dir));
   const etc = path.join(root, 'etc');
   const paste = path.join(etc, 'glance-api-paste.ini');
   fs.copyFileSync(PASTE_INI, paste);
   const policy = path.join(etc, 'policy.yaml');
-  // No auth means no roles: the cache API's rules must let anyone through.
+  // No auth means no roles: the cache API's rules must let anyone through (with Keystone too, as the peers' start.sh has them).
   fs.writeFileSync(policy, ['manage_image_cache', 'cache_image', 'cache_list', 'cache_delete'].map((rule) => `"${rule}": ""\n`).join(''));
   const conf = path.join(etc, 'glance-api.conf');
   fs.writeFileSync(conf, `[DEFAULT]
@@ -125,7 +146,7 @@ enabled_import_methods = []
 [database]
 connection = sqlite:///${path.join(root, 'glance.sqlite')}
 [paste_deploy]
-flavor = ${options.cache === 'off' ? '' : 'cachemanagement'}
+flavor = ${pasteFlavor(options)}
 config_file = ${paste}
 [glance_store]
 stores = file
@@ -135,8 +156,33 @@ filesystem_store_datadir = ${path.join(root, 'images')}
 enforce_scope = false
 enforce_new_defaults = false
 policy_file = ${policy}
-`);
+${options.keystone === undefined ? '' : authtokenSection(options.keystone)}`);
   return conf;
+}
+
+/** The paste pipeline: glance-api[-keystone][+]cachemanagement, as glance-api-paste.ini names them. */
+function pasteFlavor(options: GlanceOptions): string {
+  const cache = options.cache === 'off' ? '' : 'cachemanagement';
+  if (options.keystone === undefined) return cache;
+  return cache === '' ? 'keystone' : `keystone+${cache}`;
+}
+
+/**
+ * keystonemiddleware's options: password authentication for Glance's own token, Keystone's public
+ * endpoint (the only one bootstrap registers; the default is internal), token_cache_time left at its default.
+ */
+function authtokenSection(keystone: GlanceKeystone): string {
+  return `[keystone_authtoken]
+www_authenticate_uri = ${keystone.url}
+auth_url = ${keystone.url}
+auth_type = password
+username = ${keystone.username}
+password = ${keystone.password}
+project_name = ${keystone.project}
+user_domain_id = default
+project_domain_id = default
+interface = public
+`;
 }
 
 function dbSync(root: string, conf: string): Promise<void> {
@@ -185,7 +231,7 @@ async function answers(url: string): Promise<boolean> {
   }
 }
 
-/** A request to Glance, with the token its noauth pipeline wants to see (any will do). */
+/** A request to Glance, with the token its noauth pipeline wants to see (any will do) unless `headers` has one. */
 function glanceRequest(url: string, method: string, headers: Record<string, string>, body?: string | Buffer | fs.ReadStream, timeoutMs?: number): ReturnType<typeof request> {
   return request(url, method, { 'X-Auth-Token': 'x', ...headers }, body, timeoutMs ?? 0);
 }

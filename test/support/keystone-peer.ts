@@ -20,8 +20,11 @@ import { freePort, onPath, PeerGroup, request, sleep, tail } from './processes.j
 const WSGI_PUBLIC = 'keystone-wsgi-public';
 const START_TIMEOUT_MS = 60_000;
 const POLL_INTERVAL_MS = 100;
-/** keystone-manage steps take ~2 s each (mostly imports); a hung one should not hold the test for ever. */
-const MANAGE_TIMEOUT_MS = 60_000;
+/**
+ * keystone-manage steps take ~2 s each (mostly imports) on an idle machine, and over a minute
+ * (db_sync) on a loaded one; a hung one should not hold the test for ever.
+ */
+const MANAGE_TIMEOUT_MS = 180_000;
 /** Both users' password, as the peers' README gives it. */
 const PASSWORD = 'secret';
 const DOMAIN = 'default';
@@ -42,6 +45,8 @@ export interface KeystonePeer {
   revoke(token: string): Promise<void>;
   /** Whether Keystone takes the token now (GET /v3/auth/tokens with X-Subject-Token: 200, not 404), asked with an admin token. */
   validates(token: string): Promise<boolean>;
+  /** Puts a service in the catalog (its public endpoint at `url`), as clients find it after authenticating: `image` for Glance, or the node in front of it. */
+  addEndpoint(type: string, url: string): Promise<void>;
 }
 
 /** Whether Debian's keystone can be run here: keystone-manage for the setup and the WSGI entry for the server. */
@@ -133,21 +138,32 @@ class RunningKeystone extends PeerGroup implements KeystonePeer {
     throw new Error(`validating a token: ${res!.status} ${res!.body}`);
   }
 
+  async addEndpoint(type: string, url: string): Promise<void> {
+    const api = await this.adminApi();
+    const { service } = await api<{ service: { id: string } }>('POST', '/services', { service: { type, name: type } });
+    await api<unknown>('POST', '/endpoints', { endpoint: { service_id: service.id, interface: 'public', url } });
+  }
+
   /** Project demo, user demo, and role member (which bootstrap created) for demo on demo, through the API as start.sh does. */
   async addDemo(): Promise<void> {
+    const api = await this.adminApi();
+    const { project } = await api<{ project: { id: string } }>('POST', '/projects', { project: { name: 'demo', domain_id: DOMAIN } });
+    const { user } = await api<{ user: { id: string } }>('POST', '/users', { user: { name: 'demo', domain_id: DOMAIN, password: PASSWORD } });
+    const [member] = (await api<{ roles: { id: string }[] }>('GET', '/roles?name=member')).roles;
+    if (member === undefined) throw new Error('keystone-manage bootstrap created no role "member"');
+    await api<void>('PUT', `/projects/${project.id}/users/${user.id}/roles/${member.id}`);
+  }
+
+  /** Keystone's API as the admin: JSON in and out, a failure status thrown. */
+  private async adminApi(): Promise<<T>(method: string, resource: string, body?: unknown) => Promise<T>> {
     const admin = await this.token('admin', PASSWORD, 'admin');
-    const api = async <T>(method: string, resource: string, body?: unknown): Promise<T> => {
+    return async <T>(method: string, resource: string, body?: unknown): Promise<T> => {
       const headers: Record<string, string> = { 'X-Auth-Token': admin };
       if (body !== undefined) headers['Content-Type'] = 'application/json';
       const res = await request(`${this.url}${resource}`, method, headers, body === undefined ? undefined : JSON.stringify(body));
       if (res.status >= 300) throw new Error(`${method} ${resource}: ${res.status} ${res.body}`);
       return (res.body === '' ? undefined : JSON.parse(res.body)) as T;
     };
-    const { project } = await api<{ project: { id: string } }>('POST', '/projects', { project: { name: 'demo', domain_id: DOMAIN } });
-    const { user } = await api<{ user: { id: string } }>('POST', '/users', { user: { name: 'demo', domain_id: DOMAIN, password: PASSWORD } });
-    const [member] = (await api<{ roles: { id: string }[] }>('GET', '/roles?name=member')).roles;
-    if (member === undefined) throw new Error('keystone-manage bootstrap created no role "member"');
-    await api<void>('PUT', `/projects/${project.id}/users/${user.id}/roles/${member.id}`);
   }
 
   /** The last lines of the server's and keystone-manage's logs, for a failure's message. */

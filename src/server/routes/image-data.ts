@@ -28,8 +28,9 @@ const MAX_TURNS = 3;
 
 /**
  * GET /v2/images/{id}/file, as Glance's cache middleware serves it, with one
- * fetch per image: the source is asked for the metadata with the caller's
- * token on every request (it decides who may read, and whether the image is
+ * fetch per image (the caller's token already validated by the node under
+ * keystone: app.ts): the source is asked for the metadata with the caller's
+ * token on every request (it decides who may see the image, and whether it is
  * active); then the cache answers (hit), or the fill of the image does (miss:
  * the first request starts it, every other follows it), or the source itself
  * (bypass: whatever cannot or should not be cached).
