@@ -7,21 +7,25 @@
  * written to <dir>/<id>.part and sent; the last chunk is held back until the
  * length and digest are checked, the file fsynced and renamed to <dir>/<id>,
  * as a response of the node never ends on unverified bytes. Every request is
- * a fill: the bench removes the file between fills.
+ * a fill: the bench removes the file between fills. With --warm-malloc, it
+ * first warms up malloc as the node does at its start (src/server/warm-up.ts),
+ * so that the two can be compared with and without what that changes.
  *
- *   node dist/bench/fill-floor.js UPSTREAM_URL DIR     # prints `serving on URL`
+ *   node dist/bench/fill-floor.js UPSTREAM_URL DIR [--warm-malloc]    # prints `serving on URL`
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { once } from 'node:events';
+import { warmUpMalloc } from '../src/server/warm-up.js';
 
-const [upstreamUrl, dir] = process.argv.slice(2);
-if (upstreamUrl === undefined || dir === undefined) {
-  process.stderr.write('usage: fill-floor UPSTREAM_URL DIR\n');
+const [upstreamUrl, dir, ...flags] = process.argv.slice(2);
+if (upstreamUrl === undefined || dir === undefined || flags.some((flag) => flag !== '--warm-malloc')) {
+  process.stderr.write('usage: fill-floor UPSTREAM_URL DIR [--warm-malloc]\n');
   process.exit(2);
 }
+if (flags.includes('--warm-malloc')) await warmUpMalloc();
 const agent = new http.Agent({ keepAlive: true });
 
 function get(urlPath: string, token: string): Promise<http.IncomingMessage> {

@@ -14,7 +14,7 @@ import type { ServeConfig } from './config.js';
 import { NodeMetrics } from './metrics.js';
 import { everyoneIsAdmin, keystoneRole } from './authorize.js';
 import { Keystone } from './keystone.js';
-import { warmUpMalloc } from './malloc-warm-up.js';
+import { warmUpForFills } from './warm-up.js';
 
 /** A failed prefetch is tried again after this, then twice as long each time, up to the max. */
 const PREFETCH_FIRST_RETRY_MS = 1_000;
@@ -39,7 +39,7 @@ export interface RunningNode {
  */
 export async function startNode(config: ServeConfig, options: { log?: Logger; metricsText?: (metrics: NodeMetrics) => Promise<string> } = {}): Promise<RunningNode> {
   const log = options.log ?? createLogger();
-  await warmUpMalloc();
+  await warmUpForFills();
   const { server: opts } = config;
   const cache = await ImageCache.create({ ...config.cache, logger: log });
   const timeoutMs = opts.upstreamTimeout * 1000;
