@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { HASH_STATE, type HashJob, type HashResult } from './hash-state.js';
+import { HASH_STATE, HASH_STATE_BYTES, type HashJob, type HashResult } from './hash-state.js';
 
 /**
  * Hashes a file while it is being written, on a worker thread. A fill's
@@ -11,7 +11,7 @@ import { HASH_STATE, type HashJob, type HashResult } from './hash-state.js';
  * the writer reports progress, so nothing is copied between threads.
  */
 export class FileHasher {
-  private readonly state = new BigInt64Array(new SharedArrayBuffer(24));
+  private readonly state = new BigInt64Array(new SharedArrayBuffer(HASH_STATE_BYTES));
   private readonly result: Promise<HashResult>;
 
   private constructor(fd: number, algorithm: string, worker: Worker) {
@@ -101,6 +101,6 @@ const pool = new HashThreadPool();
 export function startHashThread(): void {
   const worker = pool.take();
   if (worker === undefined) return;
-  const state = new BigInt64Array(new SharedArrayBuffer(24));
-  void pool.run(worker, { fd: -1, algorithm: 'sha512', state: state.buffer as SharedArrayBuffer });
+  // All zero: nothing written, the end at 0 (so the descriptor is never read).
+  void pool.run(worker, { fd: -1, algorithm: 'sha512', state: new SharedArrayBuffer(HASH_STATE_BYTES) });
 }

@@ -16,10 +16,13 @@ export const HASH_STATE = {
   cancelled: -2n,
 } as const;
 
+/** Bytes of the state's SharedArrayBuffer: three BigInt64s, written, end, wakeAt. */
+export const HASH_STATE_BYTES = 3 * 8;
+
 export interface HashJob {
   fd: number;
   algorithm: string;
-  /** A SharedArrayBuffer of three BigInt64s: written, end, wakeAt. */
+  /** A SharedArrayBuffer of HASH_STATE_BYTES. */
   state: SharedArrayBuffer;
 }
 
