@@ -8,7 +8,10 @@
  *
  *   (a) hits on a cached image: throughput and server CPU per GiB (node, node behind nginx with
  *       X-Accel-Redirect, Glance's cache, nginx)
- *   (b) the first download of an uncached image (node, Glance's own cache, the upstream directly)
+ *   (b) the first download of an uncached image: fills by the node, by the floor of a verified fill
+ *       in Node (fill-floor.ts) and by nginx's proxy_cache, each cold (the first fill of a fresh
+ *       process) and warm (its second), throughput and server CPU per GiB, beside Glance's own
+ *       cache and the upstream directly; one table of them, with ratios to the floor and to nginx
  *   (c) herds of concurrent first requests: wall time, every body compared with the image, the upstream's reads;
  *       the same herd on nginx is the floor the clients themselves set on this machine
  *   (d) the node's peak RSS during (c), with one client among them that reads nothing for a while
@@ -16,10 +19,14 @@
  *
  *   npm run bench:http
  *   BENCH_HIT_SIZE=64MiB BENCH_HERD_SIZE=16MiB BENCH_IDLE_SECONDS=3 npm run bench:http   # quick
+ *   BENCH_PARTS=b npm run bench:http                                                     # the fills only
  *
- * Environment: BENCH_HIT_SIZE (default 1GiB, parts a and b), BENCH_HERD_SIZE (256MiB, parts c
+ * Environment: BENCH_HIT_SIZE (default 1GiB, parts a and e), BENCH_FILL_SIZE (512MiB, part b:
+ * small enough that the page cache is not what is measured), BENCH_HERD_SIZE (256MiB, parts c
  * and d), BENCH_IDLE_SECONDS (60), BENCH_REPS (5, hits per server), BENCH_UPSTREAM_BPS (200e6,
- * the fake upstream's bandwidth), BENCH_FIRST_REPS (3, first downloads per server), BENCH_PARTS (a,b,c,e), TMPDIR. Prints a table, then the whole report as one JSON line.
+ * the fake upstream's bandwidth), BENCH_FIRST_REPS (4, rounds of first downloads), BENCH_PARTS
+ * (a,b,c,e; only the parts whose names start so), TMPDIR. Prints the summary table of (b) and the
+ * list of every figure, then the whole report as one JSON line.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -33,14 +40,15 @@ import { startFakeGlance, type FakeGlance } from '../test/support/fake-glance.js
 import { download, type ClientResult, type ClientShare } from './http-clients.js';
 import { CLK_TCK, procStat, readProc, type ProcStat } from './proc.js';
 import { numberFromEnv, sizeFromEnv } from './settings.js';
-import { BenchRun, quotient } from './report.js';
-import { startFrontNginx, startStaticNginx } from '../test/support/nginx.js';
+import { BenchRun, quotient, round } from './report.js';
+import { startCachingNginx, startFrontNginx, startStaticNginx } from '../test/support/nginx.js';
 import { processGroup, signalGroup, sleep } from '../test/support/processes.js';
 import { glanceAvailable, startGlance, uploadImage, type GlancePeer } from '../test/support/glance-peer.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
 const HERD_SIZES = [10, 50];
+const HERD_PARTS = HERD_SIZES.map((n) => `c_herd_${n}`);
 const FAKE_HERD = 10;
 const RSS_SAMPLE_MS = 75;
 const START_TIMEOUT_MS = 60_000;
@@ -51,7 +59,8 @@ const config = {
   herdSize: sizeFromEnv('BENCH_HERD_SIZE', 256 * MiB),
   idleSeconds: numberFromEnv('BENCH_IDLE_SECONDS', 60),
   reps: numberFromEnv('BENCH_REPS', 5),
-  firstReps: numberFromEnv('BENCH_FIRST_REPS', 3),
+  fillSize: sizeFromEnv('BENCH_FILL_SIZE', 512 * MiB),
+  firstReps: numberFromEnv('BENCH_FIRST_REPS', 4),
   /** BENCH_PARTS=a,c: only the parts whose names start so (default: all). */
   parts: (process.env.BENCH_PARTS ?? 'a,b,c,e').split(',').map((part) => part.trim()).filter(Boolean),
   upstreamBytesPerSecond: numberFromEnv('BENCH_UPSTREAM_BPS', 200e6),
@@ -59,7 +68,7 @@ const config = {
 
 // ---------------------------------------------------------------- report
 
-const { record, progress, printReport, cleanup, cleanups } = new BenchRun('bench:http', config, true);
+const { record, table, progress, printReport, cleanup, cleanups } = new BenchRun('bench:http', config, true);
 
 /** a / b, or null when either side is missing (the node did not run, a peer failed). */
 function ratio(part: string, name: string, a: number | undefined, b: number | undefined): void {
@@ -209,9 +218,13 @@ interface NodeServer extends Server {
   stop(): Promise<void>;
 }
 
-/** The cache node, from the build this script belongs to, in front of `upstreamUrl` (`extra`: more lines of its [DEFAULT]). */
+/**
+ * The cache node, from the build this script belongs to, in front of `upstreamUrl` (`extra`: more
+ * lines of its [DEFAULT]), in root/name; started there again, it restarts on the cache it left.
+ */
 async function startNode(root: string, name: string, upstreamUrl: string, workers: number, extra: string[] = []): Promise<NodeServer> {
-  const dir = mkdir(root, name);
+  const dir = path.join(root, name);
+  fs.mkdirSync(dir, { recursive: true });
   const cacheDir = path.join(dir, 'cache');
   const conf = path.join(dir, 'node.conf');
   // Everything this run caches fits, so that no prune runs in the middle of a measurement.
@@ -293,13 +306,17 @@ interface CurlResult {
 }
 
 /** One curl download to /dev/null, and the CPU seconds `server` spent meanwhile. */
-async function curl(url: string, size: number, server: Server): Promise<CurlResult> {
+async function curl(url: string, size: number, server: Server, expectHeaders: Record<string, string> = {}): Promise<CurlResult> {
+  const names = Object.keys(expectHeaders);
   const before = cpuSeconds(server);
-  const out = await run('curl', ['-sS', '-o', '/dev/null', '-H', 'X-Auth-Token: x', '-w', '%{http_code} %{size_download} %{speed_download}', url]);
+  const out = await run('curl', ['-sS', '-o', '/dev/null', '-H', 'X-Auth-Token: x', '-w', ['%{http_code} %{size_download} %{speed_download}', ...names.map((name) => `%header{${name}}`)].join(' '), url]);
   const cpu = cpuSeconds(server) - before;
-  const [status, bytes, speed] = out.trim().split(' ').map(Number);
-  if (status !== 200 || bytes !== size) throw new Error(`GET ${url}: status ${status}, ${bytes} bytes of ${size}`);
-  return { bytesPerSecond: speed!, cpuSeconds: cpu };
+  const [status, bytes, speed, ...headers] = out.trim().split(' ');
+  if (Number(status) !== 200 || Number(bytes) !== size) throw new Error(`GET ${url}: status ${status}, ${bytes} bytes of ${size}`);
+  for (const [i, name] of names.entries()) {
+    if (headers[i] !== expectHeaders[name]) throw new Error(`GET ${url}: ${name} is ${headers[i] || 'absent'}, expected ${expectHeaders[name]}`);
+  }
+  return { bytesPerSecond: Number(speed), cpuSeconds: cpu };
 }
 
 interface Image {
@@ -402,49 +419,232 @@ async function partHits(ctx: Context): Promise<void> {
   ratio('a_hits', 'node_behind_nginx_over_glance_cpu_per_GiB', fronted?.cpuPerGiB, glance.cpuPerGiB);
 }
 
-// ---------------------------------------------------------------- (b) first download
+// ---------------------------------------------------------------- (b) first download: fills, warm and cold
 
+/**
+ * One fill in a process: the first download of an image it does not have.
+ * `cold` is the first fill of a fresh process, `warm` its second.
+ */
+interface Fill {
+  bytesPerSecond: number;
+  cpuSeconds: number;
+}
+
+/** A server restarted for every round of (b), so that its first fill there is cold; `forget` removes what a fill cached. */
+interface FillServer extends Server {
+  /** The URL of the image's file on it. */
+  url: string;
+  /** Waits for the cached copy of the fill just done and removes it (`check`: compares it with the image first). */
+  forget(check: boolean): Promise<void>;
+  stop(): Promise<void>;
+}
+
+interface FillSubject {
+  name: string;
+  start(): Promise<FillServer>;
+}
+
+/** The cache node, restarted on its cache directory for every round (as after a reboot), in front of the upstream. */
+function nodeFillSubject(ctx: Context, image: Image): FillSubject {
+  return {
+    name: 'node',
+    start: async () => {
+      const node = await startNode(ctx.root, 'fill_node', ctx.glanceOff.url, 1);
+      return Object.assign(node, {
+        url: fileUrl(node, image.id),
+        forget: async (check: boolean) => {
+          const cached = await cachedFile(node.cacheDir, image.id);
+          if (check) record('b_first', 'node', 'cached_file_sha512_ok', String((await sha512OfFile(cached)) === image.sha512));
+          fs.rmSync(cached);
+        },
+      });
+    },
+  };
+}
+
+/** bench/fill-floor.ts: Node doing only what a verified fill must, in front of the upstream; `warmMalloc`: after the node's malloc warm-up. */
+function floorFillSubject(ctx: Context, image: Image, warmMalloc: boolean): FillSubject {
+  const name = warmMalloc ? 'node_floor_malloc_warm' : 'node_floor';
+  const dir = mkdir(ctx.root, name);
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fill-floor.js');
+  return {
+    name,
+    start: async () => {
+      const server = spawnServer(name, process.execPath, [script, ctx.glanceOff.url, dir, ...(warmMalloc ? ['--warm-malloc'] : [])], path.join(dir, 'floor.log'));
+      server.url = `${await waitForLine(server, /serving on (http:\/\/\S+)/)}/v2/images/${image.id}/file`;
+      return Object.assign(server, { forget: async () => fs.rmSync(await cachedFile(dir, image.id)) });
+    },
+  };
+}
+
+/** nginx's proxy_cache in front of the upstream: each fill a MISS (checked), its cache file removed after it. */
+function nginxFillSubject(ctx: Context, image: Image): FillSubject {
+  const dir = mkdir(ctx.root, 'fill_nginx');
+  return {
+    name: 'nginx_proxy_cache',
+    start: async () => {
+      const peer = await startCachingNginx(ctx.glanceOff.url, dir);
+      cleanups.push(() => peer.stop());
+      return {
+        name: 'nginx_proxy_cache',
+        url: `${peer.url}/v2/images/${image.id}/file`,
+        pids: () => processTree(peer.pid).map((p) => p.pid),
+        forget: async () => fs.rmSync(await nginxCacheFile(dir, config.fillSize), { force: true }),
+        stop: () => peer.stop(),
+      };
+    },
+  };
+}
+
+/** The one cache file nginx keeps under `dir` (levels 1:2, named by the key's MD5), once it is complete and no temporary file is left. */
+async function nginxCacheFile(dir: string, size: number): Promise<string> {
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((entry) => entry.isFile());
+    const done = files.filter((entry) => /^[0-9a-f]{32}$/.test(entry.name));
+    if (files.length === 1 && done.length === 1) {
+      const file = path.join(done[0]!.parentPath, done[0]!.name);
+      if (fs.statSync(file).size > size) return file;
+    }
+    if (Date.now() > deadline) throw new Error(`nginx's cache file under ${dir} did not appear within ${START_TIMEOUT_MS} ms`);
+    await sleep(50);
+  }
+}
+
+/**
+ * (b) The first download of an uncached image (BENCH_FILL_SIZE), by fills
+ * (the node, the floor of a verified fill in Node, nginx's proxy_cache; each
+ * cold, the first fill of a fresh process, and warm, its second) and by the
+ * first downloads that are no fill of ours (Glance's own cache, the upstream
+ * directly), all from the same upstream, in rounds that alternate them.
+ */
 async function partFirst(ctx: Context): Promise<void> {
   progress('(b) first download: uploading');
-  const [onImage, offImage] = await Promise.all([upload(ctx.glanceOn, ctx.hitFile, 'first'), upload(ctx.glanceOff, ctx.hitFile, 'first')]);
-  const speeds = new Map<string, number[]>();
-  const cpu = new Map<string, number>();
-  const first = async (subject: string, server: Server, id: string): Promise<void> => {
-    // Every contender starts with no dirty pages to flush behind it (a cache write of 1 GiB leaves plenty).
+  const [onImage, offImage] = await Promise.all([upload(ctx.glanceOn, ctx.fillFile, 'first'), upload(ctx.glanceOff, ctx.fillFile, 'first')]);
+  const subjects = [nodeFillSubject(ctx, offImage), floorFillSubject(ctx, offImage, false), floorFillSubject(ctx, offImage, true), nginxFillSubject(ctx, offImage)];
+  const others: Array<{ name: string; server: Server; url: string; forget: () => Promise<void> }> = [
+    { name: 'glance_cache_on', server: ctx.glanceOn, url: fileUrl(ctx.glanceOn, onImage.id), forget: async () => fs.rmSync(await cachedFile(path.join(ctx.glanceOn.root, 'cache'), onImage.id)) },
+    { name: 'upstream_direct', server: ctx.glanceOff, url: fileUrl(ctx.glanceOff, offImage.id), forget: async () => {} },
+  ];
+  const fills = { cold: new Map<string, Fill[]>(), warm: new Map<string, Fill[]>() };
+  const measure = async (kind: 'cold' | 'warm', name: string, server: Server, url: string): Promise<void> => {
+    // Every contender starts with no dirty pages to flush behind it (a cache write leaves plenty).
     execFileSync('sync');
-    const result = await curl(fileUrl(server, id), config.hitSize, server);
-    (speeds.get(subject) ?? speeds.set(subject, []).get(subject)!).push(result.bytesPerSecond);
-    cpu.set(subject, (cpu.get(subject) ?? 0) + result.cpuSeconds);
+    const result = await curl(url, config.fillSize, server, name === 'nginx_proxy_cache' ? { 'x-cache-status': 'MISS' } : {});
+    (fills[kind].get(name) ?? fills[kind].set(name, []).get(name)!).push(result);
   };
-  // Interleaved repetitions; between them each cache forgets the image (its file removed: both
-  // caches then see a miss). The upstream has no cache: every download of it is a first one.
-  for (let rep = 0; rep < config.firstReps; rep++) {
-    await first('upstream_direct', ctx.glanceOff, offImage.id);
-    if (ctx.node) {
-      await first('node', ctx.node, offImage.id);
-      const cached = await cachedFile(ctx.node.cacheDir, offImage.id);
-      if (rep === 0) record('b_first', 'node', 'cached_file_sha512_ok', String((await sha512OfFile(cached)) === offImage.sha512));
-      fs.rmSync(cached);
+  for (let round = 0; round < config.firstReps; round++) {
+    progress(`(b) first download: round ${round + 1} of ${config.firstReps}`);
+    // Each round in another order, so that no subject always follows the same one.
+    const order = rotate(subjects, round);
+    const running: FillServer[] = [];
+    try {
+      for (const subject of order) {
+        const server = await subject.start();
+        running.push(server);
+        await measure('cold', subject.name, server, server.url);
+        await server.forget(round === 0);
+      }
+      for (const [i, server] of running.entries()) {
+        await measure('warm', order[i]!.name, server, server.url);
+        await server.forget(false);
+      }
+    } finally {
+      for (const server of running) await server.stop();
     }
-    await first('glance_cache_on', ctx.glanceOn, onImage.id);
-    fs.rmSync(await cachedFile(path.join(ctx.glanceOn.root, 'cache'), onImage.id));
+    for (const other of rotate(others, round)) {
+      await measure('warm', other.name, other.server, other.url);
+      await other.forget();
+    }
   }
-  const median_ = (subject: string): number | undefined => (speeds.has(subject) ? median(speeds.get(subject)!) : undefined);
-  for (const subject of speeds.keys()) {
-    record('b_first', subject, 'MB_per_s_median', median_(subject)! / 1e6);
-    record('b_first', subject, 'cpu_s_per_GiB', cpu.get(subject)! / ((config.firstReps * config.hitSize) / GiB));
+  const figures = (kind: 'cold' | 'warm', name: string): { mbps: number; cpuPerGiB: number } | undefined => {
+    const list = fills[kind].get(name);
+    if (list === undefined) return undefined;
+    return { mbps: median(list.map((f) => f.bytesPerSecond)) / 1e6, cpuPerGiB: median(list.map((f) => f.cpuSeconds)) / (config.fillSize / GiB) };
+  };
+  for (const kind of ['warm', 'cold'] as const) {
+    for (const [name, list] of fills[kind]) {
+      const { mbps, cpuPerGiB } = figures(kind, name)!;
+      record('b_first', name, `${kind}_MB_per_s_median`, mbps);
+      record('b_first', name, `${kind}_MB_per_s_range`, spread(list.map((f) => f.bytesPerSecond / 1e6)));
+      record('b_first', name, `${kind}_cpu_s_per_GiB_median`, cpuPerGiB);
+      record('b_first', name, `${kind}_cpu_s_per_GiB_range`, spread(list.map((f) => f.cpuSeconds / (config.fillSize / GiB))));
+    }
   }
-  const node = median_('node');
-  ratio('b_first', 'node_over_direct_throughput', node, median_('upstream_direct'));
-  ratio('b_first', 'node_over_glance_first_throughput', node, median_('glance_cache_on'));
+  const warm = (name: string) => figures('warm', name);
+  const cold = (name: string) => figures('cold', name);
+  const node = warm('node');
+  ratio('b_first', 'node_over_direct_throughput', node?.mbps, warm('upstream_direct')?.mbps);
+  ratio('b_first', 'node_over_glance_first_throughput', node?.mbps, warm('glance_cache_on')?.mbps);
+  // Item 7's targets: a cold fill near a warm one, a warm one at Node's floor.
+  ratio('b_first', 'node_cold_over_node_warm_throughput', cold('node')?.mbps, node?.mbps);
+  for (const floor of ['node_floor', 'node_floor_malloc_warm']) {
+    ratio('b_first', `node_warm_over_${floor}_warm_throughput`, node?.mbps, warm(floor)?.mbps);
+    ratio('b_first', `node_warm_over_${floor}_warm_cpu_per_GiB`, node?.cpuPerGiB, warm(floor)?.cpuPerGiB);
+  }
   // What a verified, cached first download cannot avoid on this machine: hashing the image and
   // writing it to the cache's file system (each on one core; the node does them on two threads).
   execFileSync('sync');
-  const hashRate = await timed(() => sha512OfFile(ctx.hitFile), config.hitSize);
-  const writeRate = await timed(() => writeCopy(ctx.hitFile, path.join(ctx.root, 'write-floor.img')), config.hitSize);
+  const hashRate = await timed(() => sha512OfFile(ctx.fillFile), config.fillSize);
+  const writeRate = await timed(() => writeCopy(ctx.fillFile, path.join(ctx.root, 'write-floor.img')), config.fillSize);
   record('b_first', 'floor', 'sha512_MB_per_s', hashRate / 1e6);
   record('b_first', 'floor', 'cache_write_MB_per_s', writeRate / 1e6);
-  ratio('b_first', 'node_over_sha512_floor_throughput', node, hashRate);
+  ratio('b_first', 'node_over_sha512_floor_throughput', node?.mbps === undefined ? undefined : node.mbps * 1e6, hashRate);
+  fillTable([...subjects.map((s) => s.name), ...others.map((o) => o.name)], warm, cold);
+}
+
+type FillFigures = (name: string) => { mbps: number; cpuPerGiB: number } | undefined;
+
+/** The table of (b): each subject warm and cold, its ratios to the floor of Node and to nginx, and item 7's targets met or missed. */
+function fillTable(names: string[], warm: FillFigures, cold: FillFigures): void {
+  const floor = warm('node_floor');
+  const nginx = warm('nginx_proxy_cache');
+  const cell = (x: number | null | undefined): string => (x === null || x === undefined ? '-' : String(round(x)));
+  const rows = names.map((name) => {
+    const w = warm(name);
+    const c = cold(name);
+    return [
+      name,
+      cell(w?.mbps), cell(w?.cpuPerGiB), cell(c?.mbps), cell(c?.cpuPerGiB),
+      cell(quotient(w?.mbps, floor?.mbps)), cell(quotient(w?.cpuPerGiB, floor?.cpuPerGiB)),
+      cell(quotient(c?.mbps, floor?.mbps)), cell(quotient(c?.cpuPerGiB, floor?.cpuPerGiB)),
+      cell(quotient(w?.mbps, nginx?.mbps)), cell(quotient(c?.mbps, nginx?.mbps)),
+      cell(quotient(c?.mbps, w?.mbps)),
+    ];
+  });
+  table(
+    `(b) first download of a ${config.fillSize / MiB} MiB image, medians of ${config.firstReps} alternated rounds; cold: the first fill of a fresh process, warm: its second; ÷floor, ÷nginx: over node_floor's and nginx_proxy_cache's warm figure`,
+    ['subject', 'warm MB/s', 'warm CPU-s/GiB', 'cold MB/s', 'cold CPU-s/GiB', 'warm MB/s ÷floor', 'warm CPU ÷floor', 'cold MB/s ÷floor', 'cold CPU ÷floor', 'warm MB/s ÷nginx', 'cold MB/s ÷nginx', 'cold ÷ warm MB/s'],
+    rows,
+    [
+      'node_floor: bench/fill-floor.ts, Node doing only what a verified fill must (upstream read, sha512 inline, file write, fsync, send);',
+      'nginx_proxy_cache: a MISS, no hash, no fsync (C). glance_cache_on and upstream_direct are first downloads in processes that keep running (warm only).',
+      'node_floor_malloc_warm: the same after the malloc warm-up the node does at its start (src/server/warm-up.ts).',
+      'targets (issue 14, item 7):',
+      target('node cold ÷ warm MB/s', quotient(cold('node')?.mbps, warm('node')?.mbps), '>=', 0.8),
+      ...['node_floor', 'node_floor_malloc_warm'].flatMap((name) => [
+        target(`node warm MB/s ÷ ${name}'s`, quotient(warm('node')?.mbps, warm(name)?.mbps), '>=', 1),
+        target(`node warm CPU-s/GiB ÷ ${name}'s`, quotient(warm('node')?.cpuPerGiB, warm(name)?.cpuPerGiB), '<=', 1.1),
+      ]),
+    ],
+  );
+}
+
+/** One line of the targets: the figure, the bound, met or missed. */
+function target(what: string, value: number | null, relation: '>=' | '<=', bound: number): string {
+  const verdict = value === null ? 'not measured' : (relation === '>=' ? value >= bound : value <= bound) ? 'met' : 'MISSED';
+  return `  ${what} = ${value === null ? '-' : round(value)} (${relation} ${bound}: ${verdict})`;
+}
+
+/** `items` turned left `by` places. */
+function rotate<T>(items: T[], by: number): T[] {
+  const n = by % items.length;
+  return [...items.slice(n), ...items.slice(0, n)];
+}
+
+/** "min-max" of a list of figures. */
+function spread(values: number[]): string {
+  return `${round(Math.min(...values))}-${round(Math.max(...values))}`;
 }
 
 /** Bytes per second of `fn` over `bytes`. */
@@ -596,8 +796,10 @@ async function partPrefetch(ctx: Context): Promise<void> {
 
 interface Context {
   root: string;
+  /** The images of parts a and e, c, and b; each written only if a part that reads it runs. */
   hitFile: string;
   herdFile: string;
+  fillFile: string;
   glanceOn: GlancePeer & Server;
   glanceOff: GlancePeer & Server;
   nginx: Server;
@@ -622,21 +824,24 @@ async function setUp(): Promise<Context> {
   const data = mkdir(root, 'data');
   const hitFile = path.join(data, 'hit.img');
   const herdFile = path.join(data, 'herd.img');
+  const fillFile = path.join(data, 'fill.img');
   progress('writing the images and starting the peers');
-  await Promise.all([randomFile(hitFile, config.hitSize), randomFile(herdFile, config.herdSize)]);
+  const images: Array<[string, number, string[]]> = [[hitFile, config.hitSize, ['a_hits', 'e_prefetch']], [herdFile, config.herdSize, [...HERD_PARTS, 'c_limited_upstream']], [fillFile, config.fillSize, ['b_first']]];
+  await Promise.all(images.filter(([, , parts]) => parts.some(selected)).map(([file, size]) => randomFile(file, size)));
   const [glanceOn, glanceOff, nginx] = await Promise.all([
     startGlancePeer('glance_cache_on', 'on'),
     startGlancePeer('upstream_glance_cache_off', 'off'),
     startNginx(data),
   ]);
-  const node = await optionalNode(root, 'node', glanceOff.url, 1);
+  // The long-running node and its nginx front: for (a), (c) and (e); (b) starts its own.
+  const node = ['a_hits', ...HERD_PARTS, 'e_prefetch'].some(selected) ? await optionalNode(root, 'node', glanceOff.url, 1) : undefined;
   let frontedNode: Server | undefined;
   try {
-    frontedNode = await startFrontedNode(root, glanceOff.url);
+    if (selected('a_hits')) frontedNode = await startFrontedNode(root, glanceOff.url);
   } catch (err) {
     record('nodes', 'node_behind_nginx', 'error', (err as Error).message.split('\n').slice(0, 6).join(' | '));
   }
-  return { root, hitFile, herdFile, glanceOn, glanceOff, nginx, node, frontedNode };
+  return { root, hitFile, herdFile, fillFile, glanceOn, glanceOff, nginx, node, frontedNode };
 }
 
 async function main(): Promise<void> {
@@ -645,15 +850,20 @@ async function main(): Promise<void> {
     const parts: Array<[string, () => Promise<void>]> = [
       ['a_hits', () => partHits(ctx)],
       ['b_first', () => partFirst(ctx)],
-      ...HERD_SIZES.map((n): [string, () => Promise<void>] => [`c_herd_${n}`, () => partHerd(ctx, n)]),
+      ...HERD_SIZES.map((n, i): [string, () => Promise<void>] => [HERD_PARTS[i]!, () => partHerd(ctx, n)]),
       ['c_limited_upstream', () => partFakeUpstream(ctx)],
       ['e_prefetch', () => partPrefetch(ctx)],
     ];
-    for (const [name, fn] of parts) if (config.parts.some((prefix) => name.startsWith(prefix))) await attempt(name, fn);
+    for (const [name, fn] of parts) if (selected(name)) await attempt(name, fn);
   } finally {
     await cleanup();
     printReport();
   }
+}
+
+/** Whether BENCH_PARTS selects the part `name` (or the parts whose names start so). */
+function selected(name: string): boolean {
+  return config.parts.some((prefix) => name.startsWith(prefix));
 }
 
 /** Runs one part; a failure is recorded (and fails the run) without keeping the other parts from running. */

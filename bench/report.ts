@@ -1,6 +1,6 @@
 /**
- * What every bench run shares: its figures (a table for people, then the
- * same as one JSON line for machines), progress lines on stderr, and the
+ * What every bench run shares: its figures (summary tables and a list for
+ * people, then the same as one JSON line for machines), progress lines on stderr, and the
  * undo steps (servers to stop, directories to remove) run once, last in
  * first out, at the end, on an error or on SIGINT/SIGTERM, after which the
  * figures measured until then are still printed.
@@ -20,6 +20,7 @@ export function quotient(a: number | undefined, b: number | undefined): number |
 export class BenchRun {
   private readonly rows: Array<[part: string, subject: string, metric: string, value: Figure]> = [];
   private readonly report: Record<string, Record<string, Figure>> = {};
+  private readonly tables: string[] = [];
   private printed = false;
   private cleaning: Promise<void> | undefined;
   /** Undo steps, pushed as things are set up. */
@@ -50,6 +51,17 @@ export class BenchRun {
     if (this.echo) this.progress(`${part} ${subject} ${metric}: ${rounded}`);
   };
 
+  /**
+   * A summary table of figures recorded already, printed before the list of
+   * figures: a title, a header row, rows of cells, and lines of notes under it.
+   */
+  readonly table = (title: string, header: string[], rows: string[][], notes: string[] = []): void => {
+    const all = [header, ...rows];
+    const widths = header.map((_, i) => Math.max(...all.map((row) => (row[i] ?? '').length)));
+    const line = (row: string[]): string => row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ');
+    this.tables.push([title, line(header), ...rows.map(line), ...notes, ''].join('\n'));
+  };
+
   readonly progress = (line: string): void => {
     process.stderr.write(`${this.name}: ${line}\n`);
   };
@@ -58,6 +70,7 @@ export class BenchRun {
   readonly printReport = (): void => {
     if (this.printed) return;
     this.printed = true;
+    for (const table of this.tables) process.stdout.write(`${table}\n`);
     const table = [['part', 'subject', 'metric', 'value'], ...this.rows];
     const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => String(row[i]).length)));
     for (const row of table) {

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { HashingFailed } from '../errors.js';
-import { HASH_STATE, type HashJob, type HashResult } from './hash-state.js';
+import { HASH_STATE, HASH_STATE_BYTES, type HashJob, type HashResult } from './hash-state.js';
 
 /**
  * Hashes a file while it is being written, on a worker thread. A fill's
@@ -12,11 +12,12 @@ import { HASH_STATE, type HashJob, type HashResult } from './hash-state.js';
  * the writer reports progress, so nothing is copied between threads.
  */
 export class FileHasher {
-  private readonly state = new BigInt64Array(new SharedArrayBuffer(16));
+  private readonly state = new BigInt64Array(new SharedArrayBuffer(HASH_STATE_BYTES));
   private readonly result: Promise<HashResult>;
 
   private constructor(fd: number, algorithm: string, worker: Worker) {
     Atomics.store(this.state, HASH_STATE.end, -1n);
+    Atomics.store(this.state, HASH_STATE.wakeAt, HASH_STATE.awake);
     this.result = pool.run(worker, { fd, algorithm, state: this.state.buffer as SharedArrayBuffer });
   }
 
@@ -29,7 +30,8 @@ export class FileHasher {
   /** The writer has written `bytes` bytes from the start. */
   written(bytes: number): void {
     Atomics.store(this.state, HASH_STATE.written, BigInt(bytes));
-    Atomics.notify(this.state, HASH_STATE.written);
+    // A notify per write woke the thread for every 64 KiB received; it asks for what it will read.
+    if (BigInt(bytes) >= Atomics.load(this.state, HASH_STATE.wakeAt)) Atomics.notify(this.state, HASH_STATE.written);
   }
 
   /** The file is `bytes` long: resolves with its digest (hex) once the thread has read it all. */
@@ -92,3 +94,14 @@ class HashThreadPool {
 }
 
 const pool = new HashThreadPool();
+
+/**
+ * Starts a hash thread ahead of the first fill, which would otherwise wait
+ * for it to boot: an empty job (nothing written, the end at 0) leaves it idle.
+ */
+export function startHashThread(): void {
+  const worker = pool.take();
+  if (worker === undefined) return;
+  // All zero: nothing written, the end at 0 (so the descriptor is never read).
+  void pool.run(worker, { fd: -1, algorithm: 'sha512', state: new SharedArrayBuffer(HASH_STATE_BYTES) });
+}

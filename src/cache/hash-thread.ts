@@ -19,7 +19,8 @@ function run(job: HashJob): HashResult {
     const written = Number(Atomics.load(state, HASH_STATE.written));
     const end = Atomics.load(state, HASH_STATE.end);
     if (end === HASH_STATE.cancelled) return { cancelled: true };
-    if (position < written) {
+    // A whole chunk, or the rest once the file is complete.
+    if (written - position >= CHUNK || (end >= 0n && position < written)) {
       const n = fs.readSync(job.fd, buffer, 0, Math.min(CHUNK, written - position), position);
       if (n === 0) return { error: `the file ended at byte ${position} of the ${written} written` };
       hash.update(buffer.subarray(0, n));
@@ -27,8 +28,11 @@ function run(job: HashJob): HashResult {
       continue;
     }
     if (end >= 0n && position >= Number(end)) return { digest: hash.digest('hex'), bytes: position };
-    // Caught up: sleep until the main thread writes more, ends or cancels (it notifies on `written`).
+    // Caught up: sleep until the main thread has written a chunk more, ends or cancels (it
+    // notifies on `written` then). Asked before the wait, which returns at once if `written` moved.
+    Atomics.store(state, HASH_STATE.wakeAt, BigInt(position + CHUNK));
     Atomics.wait(state, HASH_STATE.written, BigInt(written), 1000);
+    Atomics.store(state, HASH_STATE.wakeAt, HASH_STATE.awake);
   }
 }
 

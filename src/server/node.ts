@@ -15,6 +15,7 @@ import { NodeMetrics } from './metrics.js';
 import { accessFor } from './authorize.js';
 import { outboundRequestIdHeaders } from './request-id.js';
 import { Keystone } from './keystone.js';
+import { warmUpForFills } from './warm-up.js';
 
 /** A failed prefetch is tried again after this, then twice as long each time, up to the max. */
 const PREFETCH_FIRST_RETRY_MS = 1_000;
@@ -47,6 +48,7 @@ export async function startNode(
   } = {},
 ): Promise<RunningNode> {
   const log = options.log ?? createLogger();
+  await warmUpForFills();
   const { server: opts } = config;
   // No fallback to a private sqlite cache: a node whose driver cannot be configured (centralized_db
   // without worker_self_reference_url, or with a database it cannot use) stops here with the reason,

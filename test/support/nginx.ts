@@ -52,7 +52,26 @@ export function startFrontNginx(nodeUrl: string, cacheDir: string, location = '/
     }`);
 }
 
-async function startNginx(serverBody: string): Promise<NginxPeer> {
+/**
+ * nginx as a caching proxy in front of `upstreamUrl` (proxy_cache into
+ * `cacheDir`, every 200 kept): the first request for a URL is a miss that
+ * nginx streams to its client while it writes the cache file. Each answer
+ * says which it was in X-Cache-Status (MISS, HIT).
+ */
+export function startCachingNginx(upstreamUrl: string, cacheDir: string): Promise<NginxPeer> {
+  return startNginx(`location / {
+      proxy_pass ${upstreamUrl};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache images;
+      proxy_cache_valid 200 1d;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie;
+      proxy_read_timeout 1h;
+      add_header X-Cache-Status $upstream_cache_status;
+    }`, `proxy_cache_path ${cacheDir} levels=1:2 keys_zone=images:1m inactive=1d use_temp_path=off;`);
+}
+
+async function startNginx(serverBody: string, httpBody = ''): Promise<NginxPeer> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'nginx-peer-'));
   const port = await freePort();
   const conf = path.join(home, 'nginx.conf');
@@ -68,6 +87,7 @@ http {
   access_log off;
   sendfile on;
   default_type application/octet-stream;
+  ${httpBody}
   ${['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map(temp).join('\n  ')}
   server {
     listen 127.0.0.1:${port};
