@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { describe, it, type TestContext } from 'node:test';
 import { imageBytes } from '../support/fake-glance.js';
-import { download, fetchAll, fileUrl, metric, send, startFakeGlanceAndNode, until } from './helpers.js';
+import { download, errorMessage, fetchAll, fileUrl, metric, send, startFakeGlanceAndNode, until } from './helpers.js';
 
 
 describe('fills: one upstream fetch per image', () => {
@@ -133,8 +133,8 @@ describe('fills: stalls', () => {
 
     assert.equal(local.status, 502, local.body.toString());
     assert.equal(foreign.status, 502, foreign.body.toString());
-    const localMessage: string = JSON.parse(local.body.toString()).message;
-    const foreignMessage: string = JSON.parse(foreign.body.toString()).message;
+    const localMessage = errorMessage(local.body);
+    const foreignMessage = errorMessage(foreign.body);
     // The fill's stall guard or the upstream connection's timeout, whichever fires first: the same error.
     assert.match(localMessage, new RegExp(`^Bad gateway: .*${here.id}.* sent nothing for 0\\.5 s$`));
     // Its followers wait twice upstream_timeout: the writer should have timed out by itself first.

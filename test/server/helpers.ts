@@ -52,6 +52,11 @@ export async function startFakeGlanceAndNode(
 }
 
 /** The image data path of a node (or Glance) at `url`. */
+/** The explanation of one of the node's JSON error answers (webob's {"message"} carries its page's `<br /><br />` and blank detail after it). */
+export function errorMessage(body: Buffer): string {
+  return (JSON.parse(body.toString()) as { message: string }).message.replace(/(<br \/>)*\s*$/, '');
+}
+
 export const fileUrl = (url: string, id: string): string => `${url}/v2/images/${id}/file`;
 
 export interface Fetched {
