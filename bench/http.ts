@@ -25,7 +25,8 @@
  * small enough that the page cache is not what is measured), BENCH_HERD_SIZE (256MiB, parts c
  * and d), BENCH_IDLE_SECONDS (60), BENCH_REPS (5, hits per server), BENCH_UPSTREAM_BPS (200e6,
  * the fake upstream's bandwidth), BENCH_FIRST_REPS (4, rounds of first downloads), BENCH_PARTS
- * (a,b,c,e; only the parts whose names start so), TMPDIR. Prints the summary table of (b) and the
+ * (a,b,c,e; only the parts whose names start so), BENCH_NODE_CLI (the node of another build, e.g.
+ * the one before a change: its dist/src/cli/main.js), TMPDIR. Prints the summary table of (b) and the
  * list of every figure, then the whole report as one JSON line.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -64,6 +65,8 @@ const config = {
   /** BENCH_PARTS=a,c: only the parts whose names start so (default: all). */
   parts: (process.env.BENCH_PARTS ?? 'a,b,c,e').split(',').map((part) => part.trim()).filter(Boolean),
   upstreamBytesPerSecond: numberFromEnv('BENCH_UPSTREAM_BPS', 200e6),
+  /** BENCH_NODE_CLI: another build's dist/src/cli/main.js, to measure it with this bench (a before/after comparison). */
+  nodeCli: process.env.BENCH_NODE_CLI ? path.resolve(process.env.BENCH_NODE_CLI) : undefined,
 };
 
 // ---------------------------------------------------------------- report
@@ -239,7 +242,7 @@ upstream_url = ${upstreamUrl}
 workers = ${workers}
 ${extra.join('\n')}
 `);
-  const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+  const cli = config.nodeCli ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
   const server = spawnServer(name, process.execPath, [cli, 'serve', '--config-file', conf], path.join(dir, 'node.log'));
   server.url = await waitForLine(server, /serving on (http:\/\/\S+)/);
   return Object.assign(server, { cacheDir });
