@@ -4,10 +4,9 @@ import type { CacheWriter } from '../content/writer.js';
 import type { Logger } from '../log.js';
 import type { ExpectedChecksum } from '../types.js';
 import type { ImageCache } from './image-cache.js';
-import { imageCheck, pipeImage } from './image-pipeline.js';
+import { imageCheck, pipeImage, type ImageBytes } from './image-pipeline.js';
 
-/** Image bytes from anywhere: a stream, or any (async) iterable of chunks (not to be confused with an ImageSource, where images come from). */
-export type ImageBytes = Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+export type { ImageBytes };
 
 /** What caching needs of the cache: ImageCache's methods (a Driver has them too). */
 export type CacheForWrites = Pick<ImageCache, 'isCacheable' | 'openForWrite' | 'getImageFilepath'>;
@@ -123,7 +122,7 @@ export async function cacheFromSource(cache: CacheForWrites, imageId: string, so
     if (err instanceof ImageBeingCached || err instanceof ImageAlreadyCached) return false;
     throw err;
   }
-  await pipeImage(toReadable(source()), { writer, incompletePath }, check);
+  await pipeImage(source(), { writer, incompletePath }, check);
   return true;
 }
 

@@ -13,6 +13,9 @@ import { FileHasher } from './file-hasher.js';
  */
 const HASH_OFF_THREAD_FROM = 4 * 1024 * 1024;
 
+/** Image bytes from anywhere: a stream, or any (async) iterable of chunks (not to be confused with an ImageSource, where images come from). */
+export type ImageBytes = Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
 /** What the bytes of one image must be, checked on their way into the cache. */
 export interface ImageCheck {
   imageId: string;
@@ -51,8 +54,10 @@ export type ImageSink =
  * publishes: the main thread only receives and writes. When every thread is
  * busy it is hashed inline instead.
  */
-export async function pipeImage(source: Readable, sink: ImageSink, check: ImageCheck): Promise<void> {
-  const stages: Array<Readable | Writable> = [source];
+export async function pipeImage(source: ImageBytes, sink: ImageSink, check: ImageCheck): Promise<void> {
+  // An iterable goes into pipeline() as it is: wrapping it in Readable.from costs a stream per
+  // image, which shows on many small images (bench:lib's fill phase).
+  const stages: Array<NodeJS.ReadableStream | NodeJS.WritableStream> = [source as NodeJS.ReadableStream];
   if (check.size !== undefined || check.stallMs !== undefined || check.onBytes !== undefined) stages.push(new LengthGuard(check));
   const rule = check.rule;
   if ('stream' in sink) {
