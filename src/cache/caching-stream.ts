@@ -8,7 +8,7 @@ import { imageCheck, pipeImage, type ImageBytes } from './image-pipeline.js';
 
 export type { ImageBytes };
 
-/** What caching needs of the cache: ImageCache's methods (a Driver has them too). */
+/** What caching needs of the cache: three of ImageCache's methods, and nothing else of it. */
 export type CacheForWrites = Pick<ImageCache, 'isCacheable' | 'openForWrite' | 'getImageFilepath'>;
 
 /**

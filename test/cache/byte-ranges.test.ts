@@ -1,6 +1,6 @@
 /**
  * Byte ranges of cached images (openForRead with a range): the same code for
- * every driver (Driver.openForRead), so it runs once, on sqlite.
+ * every driver (ImageCache.openForRead, through the content store), so it runs once, on sqlite.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
