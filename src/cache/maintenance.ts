@@ -124,23 +124,24 @@ export class Maintenance {
 
   /**
    * Prunes if the cache is past its limit. While another process holds the
-   * lock, tries again (looking at the size each time: that process's prune
-   * may have brought it within its limit) rather than skipping; a closing
-   * cache gives up after LOCK_WAIT_MS, saying so.
+   * lock, waits for it (a lock attempt every LOCK_RETRY_MS, not a look at
+   * the size: that lists the whole cache) rather than skipping; the prune
+   * that then runs evicts only what is still over, if that process's own
+   * prune left anything. After LOCK_WAIT_MS it looks at the size again and
+   * goes on waiting; a closing cache gives up then, saying so.
    */
   private async pruneIfOverLimit(): Promise<void> {
-    let deadline: number | undefined;
-    for (;;) {
-      if ((await this.cache.getCacheSize()) <= this.cache.options.imageCacheMaxSize) return;
-      if ((await this.run('prune', 'try')) !== undefined) return;
-      if (this.closing) {
-        deadline ??= Date.now() + LOCK_WAIT_MS;
-        if (Date.now() > deadline) {
+    while ((await this.cache.getCacheSize()) > this.cache.options.imageCacheMaxSize) {
+      try {
+        await this.run('prune', 'wait');
+        return;
+      } catch (err) {
+        if (!(err instanceof MaintenanceLockTimeout)) throw err;
+        if (this.closing) {
           this.options.log.warn({ dir: this.cache.options.imageCacheDir, waitedMs: LOCK_WAIT_MS }, 'closing over image_cache_max_size: another process kept the maintenance lock; its next prune will bring the cache down');
           return;
         }
       }
-      await sleep(LOCK_RETRY_MS);
     }
   }
 
