@@ -104,6 +104,19 @@ export function oneOf<T extends string>(choices: readonly T[], metavar: string):
   };
 }
 
+/** oslo.config's booleans: true/false, yes/no, on/off, 1/0, in any case. */
+export const boolean: OptionType<boolean> = {
+  metavar: 'BOOL',
+  summary: 'true or false',
+  numeric: false,
+  parse(text) {
+    const word = text.trim().toLowerCase();
+    if (['true', 'yes', 'on', '1'].includes(word)) return { value: true };
+    if (['false', 'no', 'off', '0'].includes(word)) return { value: false };
+    return { invalid: `must be true or false, not ${JSON.stringify(text)}` };
+  },
+};
+
 /** Any text (a host name, a role, a token, a database URL that the driver judges). */
 export const text = (metavar: string): OptionType<string> => ({ metavar, summary: 'text', numeric: false, parse: (value) => ({ value }) });
 

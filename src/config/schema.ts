@@ -6,7 +6,7 @@
  * the commands' flags and --help, and the README's option table (checked by
  * a test) all come from this list.
  */
-import { bytes, count, fileName, filePath, httpUrl, locationPrefix, oneOf, port, seconds, text, type OptionType } from './option-types.js';
+import { boolean, bytes, count, fileName, filePath, httpUrl, locationPrefix, oneOf, port, seconds, text, type OptionType } from './option-types.js';
 
 export const DRIVER_NAMES = ['sqlite', 'xattr', 'centralized_db'] as const;
 export type DriverName = (typeof DRIVER_NAMES)[number];
@@ -124,6 +124,13 @@ export const OPTIONS = {
   prefetchWorkers: option('node', 'image_cache_prefetch_workers', { type: count(1, 64), default: 1, help: 'queued images fetched at once' }),
   pruneInterval: option('node', 'image_cache_prune_interval', { type: seconds(0, 31_536_000), default: 300, help: 'seconds between prunes on a timer (0: none), beside the prune after a commit that overfills the cache' }),
   cleanInterval: option('node', 'image_cache_clean_interval', { type: seconds(0, 31_536_000), default: 3600, help: 'seconds between cleans on a timer (0: none)' }),
+  peerFill: option('node', 'peer_fill', {
+    type: boolean,
+    shownDefault: 'true under centralized_db',
+    help: 'on a miss, read the image from another node that holds it or is filling it (found in the database) before the upstream; one upstream fetch per cluster. Only under centralized_db',
+  }),
+  peerConnectTimeout: option('node', 'peer_connect_timeout', { type: seconds(1, 60), default: 1, help: 'seconds to connect to another node before it is skipped (and tried last for a while)' }),
+  peerMaxStreams: option('node', 'peer_max_streams', { type: count(1, 10_000), default: 8, help: 'image streams this node serves to other nodes at once; past it, they are turned away at once and ask another node' }),
   cacheAdminRole: option('node', 'cache_admin_role', { type: text('ROLE'), default: 'admin', help: 'the role the management API needs under keystone' }),
 
   authUrl: option('keystone', 'auth_url', { type: httpUrl, help: 'Keystone, required under keystone' }),

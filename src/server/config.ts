@@ -53,6 +53,12 @@ export interface ServerOptions {
   pruneInterval: number;
   /** image_cache_clean_interval, seconds (0: none). */
   cleanInterval: number;
+  /** peer_fill: misses read from the other nodes first (centralized_db only; its default there). */
+  peerFill: boolean;
+  /** peer_connect_timeout, seconds: a node not connected by then is skipped. */
+  peerConnectTimeout: number;
+  /** peer_max_streams: streams served to other nodes at once, per node (shared among its workers). */
+  peerMaxStreams: number;
   /** cache_admin_role: the role the management API needs under keystone (Glance's cache_* policies default to admin). */
   cacheAdminRole: string;
   /** [keystone_authtoken]: the node's own credentials and where Keystone is (auth_strategy = keystone). */
@@ -90,6 +96,9 @@ export const SERVE_DEFAULTS = {
   prefetchWorkers: OPTIONS.prefetchWorkers.default,
   pruneInterval: OPTIONS.pruneInterval.default,
   cleanInterval: OPTIONS.cleanInterval.default,
+  peerFill: false,
+  peerConnectTimeout: OPTIONS.peerConnectTimeout.default,
+  peerMaxStreams: OPTIONS.peerMaxStreams.default,
   cacheAdminRole: OPTIONS.cacheAdminRole.default,
   keystone: undefined as KeystoneSettings | undefined,
 };
@@ -131,9 +140,22 @@ function serverOptions(config: Configuration): ServerOptions {
     prefetchWorkers: config.get(OPTIONS.prefetchWorkers),
     pruneInterval: config.get(OPTIONS.pruneInterval),
     cleanInterval: config.get(OPTIONS.cleanInterval),
+    peerFill: peerFill(config),
+    peerConnectTimeout: config.get(OPTIONS.peerConnectTimeout),
+    peerMaxStreams: config.get(OPTIONS.peerMaxStreams),
     cacheAdminRole: config.get(OPTIONS.cacheAdminRole),
     keystone: authStrategy === 'keystone' ? keystoneSettings(config) : undefined,
   };
+}
+
+/** peer_fill: on by default under centralized_db, where the database tells who holds what; refused elsewhere. */
+function peerFill(config: Configuration): boolean {
+  const centralized = config.get(OPTIONS.imageCacheDriver) === 'centralized_db';
+  const value = config.get(OPTIONS.peerFill);
+  if (value === true && !centralized) {
+    throw new ConfigurationError('peer_fill', `image_cache_driver = ${config.get(OPTIONS.imageCacheDriver)}`, 'cannot be true: the nodes find each other\'s images in the centralized_db driver\'s database');
+  }
+  return value ?? centralized;
 }
 
 /** With auth_strategy = keystone the node needs Keystone's address and its own credentials: missing ones are named. */
