@@ -348,4 +348,10 @@ export class ImageCache {
     if (this.driver.getCachedNodes === undefined) throw new NotSupported('getCachedNodes', this.driver.name);
     return this.driver.getCachedNodes(this.validate(imageId));
   }
+
+  /** The URLs of every other node on the same database (centralized_db only; NotSupported otherwise). */
+  async getClusterNodes(): Promise<string[]> {
+    if (this.driver.getClusterNodes === undefined) throw new NotSupported('getClusterNodes', this.driver.name);
+    return this.driver.getClusterNodes();
+  }
 }

@@ -122,6 +122,7 @@ const SQL = {
                     WHERE c.node_reference_id = $1 AND c.image_id = v.image_id AND c.last_modified = ${toTimestamp('v.modified')}`,
   all: `SELECT ${ROW_COLUMNS} FROM cached_images WHERE node_reference_id = $1`,
   hits: 'SELECT hits FROM cached_images WHERE node_reference_id = $1 AND image_id = $2',
+  allNodes: 'SELECT node_reference_url FROM node_reference WHERE node_reference_id <> $1 ORDER BY node_reference_url',
   nodes: `SELECT n.node_reference_id, n.node_reference_url FROM cached_images AS c
           JOIN node_reference AS n ON n.node_reference_id = c.node_reference_id
           WHERE c.image_id = $1`,
@@ -322,6 +323,12 @@ export class CentralizedDbIndex extends RecordIndex {
     const urls = new Set(result.rows.filter((row) => row.node_reference_id !== this.nodeId).map((row) => row.node_reference_url));
     if (fs.existsSync(this.ctx.files.imagePath(imageId))) urls.add(this.nodeUrl);
     return [...urls].sort();
+  }
+
+  /** The worker_self_reference_url of every other node that ever registered (node_reference), sorted. */
+  async getClusterNodes(): Promise<string[]> {
+    const result = await this.use((pool) => pool.query<{ node_reference_url: string }>(SQL.allNodes, [this.nodeId]));
+    return result.rows.map((row) => row.node_reference_url);
   }
 
   protected async loadRecords(order: 'any' | 'lru'): Promise<ImageRecord[]> {

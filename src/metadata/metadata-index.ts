@@ -67,4 +67,6 @@ export interface MetadataIndex {
   listLeastRecentlyAccessed(): Promise<CacheEntry[]>;
   /** The URLs of the nodes holding the image; only an index shared by nodes has it. */
   getCachedNodes?(imageId: string): Promise<string[]>;
+  /** Every other node on the same database (centralized_db). */
+  getClusterNodes?(): Promise<string[]>;
 }
