@@ -317,3 +317,26 @@ export class WorkerStartFailed extends ImageCacheError {
     super('ERR_WORKER_START_FAILED', `a worker failed to start (its reason is above), so the ${workers} workers are stopped instead of being restarted`);
   }
 }
+
+/** A connection that was not established within its connect timeout (peer_connect_timeout for another node). */
+export class ConnectTimedOut extends ImageCacheError {
+  constructor(what: string, ms: number) {
+    super('ERR_CONNECT_TIMEOUT', `${what}: no connection within ${ms / 1000} s`);
+  }
+}
+
+/**
+ * Another node could not give this node an image's bytes: it refused (busy,
+ * not holding the image), could not be reached, or its stream failed. The
+ * node asks another one, or the upstream; a client never sees this error.
+ */
+export class PeerFailed extends ImageCacheError {
+  readonly peerUrl: string;
+  /** The metrics' reason: not_cached, busy, connect, reset, stall, wrong_bytes, refused, error. */
+  readonly reason: string;
+  constructor(peerUrl: string, reason: string, detail: string, options?: { cause?: unknown }) {
+    super('ERR_PEER_FAILED', `node ${peerUrl} (${reason}): ${detail}`, options);
+    this.peerUrl = peerUrl;
+    this.reason = reason;
+  }
+}

@@ -4,12 +4,13 @@ import { CacheWriteFailed } from '../errors.js';
 import { isStorageFault } from '../fs/files.js';
 import type { CacheWriter } from '../content/writer.js';
 import type { ExpectedChecksum } from '../types.js';
+import type { BytesFrom, FillOpening } from './fill-source.js';
 import type { FillProgress } from './fill-progress.js';
 import { imageCheck, pipeImage } from './image-pipeline.js';
 
 /** What a fill reports as it goes (metrics). */
 export interface FillEvents {
-  upstreamBytes(n: number): void;
+  fillBytes(from: BytesFrom, n: number): void;
 }
 
 /**
@@ -32,6 +33,7 @@ export class Fill implements FillProgress {
   readonly done: Promise<void>;
   private resolveDone!: () => void;
   private source: Readable | undefined;
+  private opening: FillOpening | undefined;
 
   constructor(
     readonly imageId: string,
@@ -66,10 +68,20 @@ export class Fill implements FillProgress {
     };
   }
 
-  /** Streams `source` (a 200 body) into the cache; the outcome is set when it ends. */
-  start(source: Readable, stallMs: number, events: FillEvents): void {
+  /** Where the bytes have come from, in order (the request log's bytesFrom). */
+  get sources(): readonly string[] {
+    return this.opening?.sources ?? [];
+  }
+
+  /** Streams the opening's body (a 200) into the cache; the outcome is set when it ends. */
+  start(opening: FillOpening, stallMs: number, events: FillEvents): void {
+    const source = opening.response.body;
     this.source = source;
-    const check = imageCheck(this.imageId, this.expected, { size: this.size, stallMs, onBytes: (bytes) => events.upstreamBytes(bytes) });
+    this.opening = opening;
+    let onBytes: ((bytes: number) => void) | undefined;
+    if (opening.countBytes !== undefined) opening.countBytes((from, bytes) => events.fillBytes(from, bytes));
+    else onBytes = (bytes) => events.fillBytes('upstream', bytes);
+    const check = imageCheck(this.imageId, this.expected, { size: this.size, stallMs: opening.guardsStalls ? undefined : stallMs, onBytes });
     pipeImage(source, { writer: this.writer, incompletePath: this.incompletePath }, check).then(
       () => this.settle('committed'),
       // The disk's failures apart from the source's: the bytes written so far are right, and readers may take the rest from the source.
@@ -91,6 +103,7 @@ export class Fill implements FillProgress {
   private settle(outcome: 'committed' | Error): void {
     if (this.outcome !== undefined) return;
     this.outcome = outcome;
+    this.opening?.ended(outcome);
     this.wake();
     this.unuse();
     this.resolveDone();

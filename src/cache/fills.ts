@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import { CacheClosed, CacheWriteFailed, ImageAlreadyCached, ImageBeingCached, SourceUnavailable } from '../errors.js';
 import { errorCode } from '../fs/files.js';
 import type { Logger } from '../log.js';
-import type { ImageMetadata, ImageSource, SourceResponse } from '../sources/source.js';
+import type { ImageMetadata, SourceResponse } from '../sources/source.js';
+import type { BytesFrom, FillSource } from './fill-source.js';
 import { Fill, type FillEvents } from './fill.js';
 import { ForeignFillProgress, untilWritten, type FillProgress } from './fill-progress.js';
 import type { ImageCache } from './image-cache.js';
@@ -17,6 +18,8 @@ export interface FollowSpan {
   start: number;
   end: number;
   progress: FillProgress;
+  /** Where the fill's bytes came from, for the request log (`upstream`, `peer http://...`, ...). */
+  bytesFrom(): string;
   release(): void;
 }
 
@@ -34,7 +37,7 @@ export type FollowResult =
 export interface FillsOptions {
   /** upstream_timeout: a source that sends nothing for this long fails its fill. */
   stallMs: number;
-  events: FillEvents & { fillStarted(): void; fillEnded(outcome: 'committed' | Error): void; followerJoined(): void };
+  events: FillEvents & { fillOpened(from: BytesFrom): void; fillStarted(): void; fillEnded(outcome: 'committed' | Error): void; followerJoined(): void };
   log: Logger;
 }
 
@@ -55,7 +58,8 @@ export class Fills {
 
   constructor(
     private readonly cache: ImageCache,
-    private readonly source: ImageSource,
+    /** Where a fill this node claims gets its bytes: the image's source, or the cluster (ClusterFillSource). */
+    private readonly source: FillSource,
     private readonly options: FillsOptions,
   ) {}
 
@@ -93,7 +97,7 @@ export class Fills {
         if (foreign !== undefined) return this.joined(foreign);
         continue; // the other fill ended between our claim and our look: start over
       }
-      const response = await this.fetch(fill, token);
+      const response = await this.fetch(fill, image, token);
       if (response !== undefined) return { kind: 'answer', response };
       return { kind: 'follow', span: await this.spanOf(fill, start, end), coalesced: false };
     }
@@ -153,24 +157,27 @@ export class Fills {
   }
 
   /** Opens the source for a claimed fill. Undefined when it streams; the source's answer when it refused (the fill is then failed). */
-  private async fetch(fill: Fill, token: string | undefined): Promise<SourceResponse | undefined> {
-    let response: SourceResponse;
+  private async fetch(fill: Fill, image: ImageMetadata, token: string | undefined): Promise<SourceResponse | undefined> {
+    let opening;
     try {
-      response = await this.source.open(fill.imageId, token);
+      opening = await this.source.open(image, token);
     } catch (err) {
       fill.fail(err as Error);
       throw err;
     }
+    const { response } = opening;
     if (response.status === 200) {
-      fill.start(response.body, this.options.stallMs, this.options.events);
+      this.options.events.fillOpened(opening.sources[0]?.startsWith('peer') === true ? 'peer' : 'upstream');
+      fill.start(opening, this.options.stallMs, this.options.events);
       return undefined;
     }
     fill.fail(new SourceUnavailable(this.source.kind, `answered ${response.status} to the download of image '${fill.imageId}'`));
+    opening.ended(fill.outcome as Error);
     return response;
   }
 
   private spanOf(fill: Fill, start: number, end: number): Promise<FollowSpan> {
-    return spanWhenReadable({ fd: fill.readFd, start, end, progress: fill, release: fill.acquire() });
+    return spanWhenReadable({ fd: fill.readFd, start, end, progress: fill, bytesFrom: () => fill.sources.join(', then '), release: fill.acquire() });
   }
 
   /** Follows the fill another process runs; undefined when there is none (any more). */
@@ -194,6 +201,7 @@ export class Fills {
       start,
       end,
       progress,
+      bytesFrom: () => 'a fill in another worker',
       release: () => {
         if (open) fs.closeSync(fd);
         open = false;

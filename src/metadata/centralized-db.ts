@@ -3,6 +3,8 @@ import pg from 'pg';
 import type { CommitMetadata, PendingRecord } from '../content/writer.js';
 import { BadDriverConfiguration, CacheNotConfigured, InvalidImageId, MetadataStoreUnavailable, MetadataWriteFailed } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { FillDirectory } from '../cluster/fill-directory.js';
+import { CentralizedFillDirectory, FILL_DIRECTORY_SCHEMA, FILL_DIRECTORY_TABLES } from './centralized-fill-directory.js';
 import { stillTheFileRead, type PendingAccess } from './access-batch.js';
 import { RecordIndex, byId, byLastAccess, type ImageRecord } from './record-index.js';
 import { isPostgresConnectionFailure, isRetryablePostgresError, withRetry } from './retry.js';
@@ -44,6 +46,7 @@ const SCHEMA = `
     CONSTRAINT ix_cached_images_image_id_node_reference_id UNIQUE (image_id, node_reference_id)
   );
   CREATE INDEX IF NOT EXISTS cached_images_node_reference_id_idx ON cached_images (node_reference_id);
+  ${FILL_DIRECTORY_SCHEMA}
 `;
 
 /**
@@ -325,6 +328,16 @@ export class CentralizedDbIndex extends RecordIndex {
     return [...urls].sort();
   }
 
+  /** Who holds or fills what across the nodes, and the claims on upstream fetches (cluster/fill-directory.ts). */
+  fillDirectory(): FillDirectory {
+    this.db();
+    return new CentralizedFillDirectory(
+      (text, values, write) => (write ? this.write(text, values) : this.use((pool) => pool.query(text, values))),
+      this.nodeId,
+      this.nodeUrl,
+    );
+  }
+
   /** The worker_self_reference_url of every other node that ever registered (node_reference), sorted. */
   async getClusterNodes(): Promise<string[]> {
     const result = await this.use((pool) => pool.query<{ node_reference_url: string }>(SQL.allNodes, [this.nodeId]));
@@ -436,9 +449,11 @@ function beginRecord(client: pg.PoolClient, nodeId: string, imageId: string, now
  * without it.
  */
 async function ensureSchema(client: pg.PoolClient, log: Logger): Promise<void> {
+  // Our own (the index, the fill directory's tables) are "index" here: without them the node still runs, as Glance's do.
+  const ours = FILL_DIRECTORY_TABLES.map((table) => `AND to_regclass('${table}') IS NOT NULL`).join(' ');
   const present = await client.query<{ tables: boolean; index: boolean }>(
     `SELECT to_regclass('node_reference') IS NOT NULL AND to_regclass('cached_images') IS NOT NULL AS tables,
-            to_regclass('cached_images_node_reference_id_idx') IS NOT NULL AS index`,
+            to_regclass('cached_images_node_reference_id_idx') IS NOT NULL ${ours} AS index`,
   );
   const { tables, index } = present.rows[0] ?? { tables: false, index: false };
   if (tables && index) return;
@@ -457,7 +472,7 @@ async function ensureSchema(client: pg.PoolClient, log: Logger): Promise<void> {
     await withRetry(create, isRetryablePostgresError);
   } catch (err) {
     if (!tables) throw err;
-    log.warn({ driver: 'centralized_db', err }, 'could not add an index on cached_images (node_reference_id); per-node queries will scan the table');
+    log.warn({ driver: 'centralized_db', err }, 'could not add our index on cached_images (node_reference_id) or the fill directory\'s tables; per-node queries will scan the table, and nodes will not fill from each other');
   }
 }
 

@@ -1,3 +1,4 @@
+import type { FillDirectory } from '../cluster/fill-directory.js';
 import type { DriverName, ResolvedOptions } from '../config.js';
 import type { CacheLayout } from '../content/layout.js';
 import type { CommitMetadata } from '../content/writer.js';
@@ -69,4 +70,6 @@ export interface MetadataIndex {
   getCachedNodes?(imageId: string): Promise<string[]>;
   /** Every other node on the same database (centralized_db). */
   getClusterNodes?(): Promise<string[]>;
+  /** Who in the cluster holds or fills an image (centralized_db); call once open. */
+  fillDirectory?(): FillDirectory;
 }

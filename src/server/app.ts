@@ -47,7 +47,9 @@ const IMAGE = /^\/v2\/images\/([^/]+)$/;
  */
 export function createServer(deps: AppDeps): http.Server {
   const { log } = deps;
-  const imageData = imageDataRoute({ ...deps, xAccelRedirect: deps.options.xAccelRedirect });
+  // peer_max_streams is the node's: each worker takes its share.
+  const peerMaxStreams = Math.max(1, Math.ceil(deps.options.peerMaxStreams / deps.options.workers));
+  const imageData = imageDataRoute({ ...deps, xAccelRedirect: deps.options.xAccelRedirect, peerMaxStreams });
   const forward = deps.upstream ? forwardRoute(deps.upstream) : undefined;
   const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.metrics, log) : undefined;
   const localApi = localApiRoute(deps.source);

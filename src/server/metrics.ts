@@ -23,6 +23,11 @@ export class NodeMetrics {
   private readonly fillsInFlight: Gauge;
   private readonly coalesced: Counter;
   private readonly evictions: Counter<'reason'>;
+  private readonly fillBytes: Counter<'source'>;
+  private readonly fillsBySource: Counter<'source'>;
+  private readonly peerFallbacks: Counter<'reason'>;
+  private readonly peerStreamsServed: Counter;
+  private readonly peerStreamsActive: Gauge;
 
   constructor(cache: ImageCache) {
     const registry = this.registry;
@@ -37,7 +42,16 @@ export class NodeMetrics {
       miss: counter('image_cache_miss_bytes_total', 'Body bytes sent from fills.'),
       bypass: counter('image_cache_bypass_bytes_total', 'Body bytes sent straight from the source.'),
     };
-    this.upstreamBytes = counter('image_cache_upstream_bytes_total', 'Image bytes received from the source by fills.');
+    this.upstreamBytes = counter('image_cache_upstream_bytes_total', 'Image bytes received from the source (the upstream) by fills.');
+    this.fillBytes = new Counter({ name: 'image_cache_fill_bytes_total', help: 'Image bytes received by fills, by where they came from: the upstream, or another node (peer).', labelNames: ['source'], registers: [registry] });
+    this.fillsBySource = new Counter({ name: 'image_cache_fills_total', help: 'Fills started, by where their first bytes came from: the upstream, or another node (peer).', labelNames: ['source'], registers: [registry] });
+    this.peerFallbacks = new Counter({ name: 'image_cache_peer_fallbacks_total', help: 'Times another node could not give a fill its bytes and the fill asked the next node or the upstream, by reason.', labelNames: ['reason'], registers: [registry] });
+    this.peerStreamsServed = counter('image_cache_peer_streams_served_total', 'Image streams this node served to other nodes.');
+    this.peerStreamsActive = new Gauge({ name: 'image_cache_peer_streams_active', help: 'Image streams this node serves to other nodes now.', registers: [registry] });
+    for (const source of ['upstream', 'peer']) {
+      this.fillBytes.inc({ source }, 0);
+      this.fillsBySource.inc({ source }, 0);
+    }
     this.fetches = new Counter({ name: 'image_cache_upstream_fetches_total', help: 'Fills by outcome: committed to the cache, or failed (nothing cached).', labelNames: ['outcome'], registers: [registry] });
     this.fillsInFlight = new Gauge({ name: 'image_cache_fills_in_flight', help: 'Images being fetched into the cache now.', registers: [registry] });
     this.coalesced = counter('image_cache_coalesced_total', 'Requests that followed a fill in flight instead of fetching the image again.');
@@ -80,10 +94,31 @@ export class NodeMetrics {
     this.evictions.inc({ reason });
   }
 
+  /** Another node could not give a fill its bytes. */
+  peerFallback(reason: string): void {
+    this.peerFallbacks.inc({ reason });
+  }
+
+  /** A stream to another node starts; the returned function ends it. */
+  peerStreamStarted(): () => void {
+    this.peerStreamsServed.inc();
+    this.peerStreamsActive.inc();
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      this.peerStreamsActive.dec();
+    };
+  }
+
   /** The hooks a fill reports through. */
   get fillEvents(): FillsOptions['events'] {
     return {
-      upstreamBytes: (n) => this.upstreamBytes.inc(n),
+      fillBytes: (from, n) => {
+        if (from === 'upstream') this.upstreamBytes.inc(n);
+        this.fillBytes.inc({ source: from }, n);
+      },
+      fillOpened: (from) => this.fillsBySource.inc({ source: from }),
       fillStarted: () => this.fillsInFlight.inc(),
       fillEnded: (outcome) => {
         this.fillsInFlight.dec();

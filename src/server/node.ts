@@ -1,6 +1,9 @@
 import type { AddressInfo } from 'node:net';
 import type http from 'node:http';
 import { Fills } from '../cache/fills.js';
+import { sourceFills } from '../cache/fill-source.js';
+import { ClusterFillSource } from '../cluster/cluster-fill-source.js';
+import { PeerClient } from '../cluster/peer-client.js';
 import { ImageCache } from '../cache/image-cache.js';
 import type { Maintenance } from '../cache/maintenance.js';
 import { Prefetcher } from '../cache/prefetcher.js';
@@ -62,7 +65,8 @@ export async function startNode(
   const nodeToken = async (): Promise<string | undefined> => opts.upstreamToken ?? (await keystone?.nodeToken());
   const metrics = new NodeMetrics(cache);
   const { maintenance } = cache;
-  const fills = new Fills(cache, source, { stallMs: timeoutMs, events: metrics.fillEvents, log });
+  const cluster = clusterFills(config, cache, source, metrics, log);
+  const fills = new Fills(cache, cluster ?? sourceFills(source), { stallMs: timeoutMs, events: metrics.fillEvents, log });
   const prefetcher = new Prefetcher(cache, fills, source, {
     workers: opts.prefetchWorkers,
     token: nodeToken,
@@ -112,6 +116,7 @@ export async function startNode(
         server.closeIdleConnections();
         await prefetcher.close();
         await fills.close();
+        cluster?.close();
         // Responses still streaming get a moment to finish, then their connections go.
         const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
         await closed;
@@ -124,6 +129,26 @@ export async function startNode(
   };
 }
 
+
+/**
+ * peer_fill: fills read from the other nodes first (the fill directory in
+ * the centralized_db database says who has what), and claim the upstream
+ * fetch for the cluster. Only in front of an upstream: a local image
+ * directory is each node's own.
+ */
+function clusterFills(config: ServeConfig, cache: ImageCache, source: ImageSource, metrics: NodeMetrics, log: Logger): ClusterFillSource | undefined {
+  const opts = config.server;
+  if (!opts.peerFill || opts.upstreamUrl === undefined) return undefined;
+  const directory = cache.driver.fillDirectory?.();
+  if (directory === undefined) return undefined;
+  const peers = new PeerClient({
+    selfUrl: directory.selfUrl,
+    connectTimeoutMs: opts.peerConnectTimeout * 1000,
+    stallMs: opts.upstreamTimeout * 1000,
+    headers: outboundRequestIdHeaders,
+  });
+  return new ClusterFillSource({ directory, peers, source, log, fallback: (reason) => metrics.peerFallback(reason) });
+}
 
 /** Whether only this machine can reach the address. */
 function isLoopback(host: string): boolean {

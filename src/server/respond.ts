@@ -14,6 +14,10 @@ export interface RequestNotes extends Partial<RequestIds> {
   coalesced?: boolean;
   /** The byte from which a miss was served by the source, because the cache's disk failed under its fill. */
   restFromSource?: number;
+  /** Where the body's bytes came from: `cache`, `upstream`, `peer http://...`, in order when a fill moved on (`, then `). */
+  bytesFrom?: string;
+  /** The node that asked (a peer request: x-image-cache-peer). */
+  peer?: string;
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, notes: RequestNotes) => Promise<void>;

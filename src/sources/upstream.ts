@@ -3,7 +3,7 @@ import https from 'node:https';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { AnswerTooLong, SourceStalled, SourceUnavailable, StaleConnection } from '../errors.js';
+import { AnswerTooLong, ConnectTimedOut, SourceStalled, SourceUnavailable, StaleConnection } from '../errors.js';
 
 export interface UpstreamOptions {
   /** upstream_timeout, ms: for the headers of an answer, and between two chunks of a body. */
@@ -12,6 +12,8 @@ export interface UpstreamOptions {
   name?: string;
   /** Headers added to every request, asked for as it is sent (the request id to trace it by). */
   headers?: () => OutgoingHttpHeaders;
+  /** How long a new connection may take to be established; unset: the system's (minutes, for a host that is gone). */
+  connectTimeoutMs?: number;
 }
 
 export interface UpstreamRequest {
@@ -125,6 +127,16 @@ export class Upstream {
         agent: this.agent,
       });
       const name = this.options.name ?? 'glance';
+      const connectTimeoutMs = this.options.connectTimeoutMs;
+      if (connectTimeoutMs !== undefined) {
+        outgoing.once('socket', (socket) => {
+          if (!socket.connecting) return;
+          const connectTimer = setTimeout(() => outgoing.destroy(new SourceUnavailable(name, `${what}: not connected`, { cause: new ConnectTimedOut(`${this.url.host}`, connectTimeoutMs) })), connectTimeoutMs);
+          const cleared = (): void => clearTimeout(connectTimer);
+          socket.once('connect', cleared);
+          socket.once('close', cleared);
+        });
+      }
       const timer = headersTimeoutMs > 0
         ? setTimeout(() => outgoing.destroy(new SourceUnavailable(name, `${what}: no answer within ${headersTimeoutMs / 1000} s`)), headersTimeoutMs)
         : undefined;

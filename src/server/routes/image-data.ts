@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import type { Fills, FollowSpan } from '../../cache/fills.js';
 import type { ImageCache } from '../../cache/image-cache.js';
 import type { OpenImageFile } from '../../content/read.js';
+import { PEER_HEADER, PEER_REFUSAL_HEADER } from '../../cluster/peer-client.js';
 import { ImageNotCached, SourceUnavailable } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { ImageMetadata, ImageSource } from '../../sources/source.js';
@@ -20,6 +21,8 @@ export interface ImageDataDeps {
   provenGone(imageId: string): Promise<boolean>;
   /** x_accel_redirect: hand hits to the nginx in front (see ServerOptions). */
   xAccelRedirect: string | undefined;
+  /** Streams this process serves to other nodes at once (its share of peer_max_streams); past it they are turned away. */
+  peerMaxStreams: number;
   log: Logger;
 }
 
@@ -37,9 +40,13 @@ const MAX_TURNS = 3;
  */
 export function imageDataRoute(deps: ImageDataDeps) {
   const { cache, fills, source, metrics } = deps;
+  /** Peer streams of this process now, refusals excluded. */
+  let peerStreams = 0;
 
   return async function getImageData(req: IncomingMessage, res: ServerResponse, notes: RequestNotes, imageId: string): Promise<void> {
     notes.imageId = imageId;
+    const peer = req.headers[PEER_HEADER];
+    if (peer !== undefined) return servePeer(req, res, notes, imageId, Array.isArray(peer) ? peer[0]! : peer);
     const token = tokenOf(req);
     const metadata = await source.metadata(imageId, token);
     if (!metadata.ok) {
@@ -71,6 +78,58 @@ export function imageDataRoute(deps: ImageDataDeps) {
     }
     await bypass(req, res, notes, image, range);
   };
+
+  /**
+   * Another node's request (x-image-cache-peer): answered from the cache or
+   * a fill in flight here, and from nothing else. Never a fetch of its own,
+   * so requests cannot loop or chain misses from node to node: a node that
+   * has nothing answers at once (404, refusal `not-cached`), one serving as
+   * many peers as it may too (503, `busy`), and the asker goes on to the
+   * next. The caller's token is checked with the upstream as for any
+   * request (the metadata); its refusal is passed on.
+   */
+  async function servePeer(req: IncomingMessage, res: ServerResponse, notes: RequestNotes, imageId: string, peer: string): Promise<void> {
+    notes.peer = peer;
+    if (peerStreams >= deps.peerMaxStreams) {
+      refusePeer(res, 503, 'busy', `This node serves ${deps.peerMaxStreams} streams to other nodes already.`);
+      return;
+    }
+    peerStreams++;
+    let streamEnded: (() => void) | undefined;
+    try {
+      const metadata = await source.metadata(imageId, tokenOf(req));
+      if (!metadata.ok) {
+        sendAnswer(res, metadata.answer);
+        return;
+      }
+      const image = metadata.image;
+      if (image.status !== 'active' || image.size === null || !cache.isValidImageId(imageId)) {
+        refusePeer(res, 404, 'not-cached', `This node does not cache image ${imageId}.`);
+        return;
+      }
+      const range = parseRange(req.headers.range, image.size);
+      if (range === 'unsatisfiable') {
+        sendError(res, 416, `Requested range not satisfiable: the image has ${image.size} bytes`, { 'content-range': `bytes */${image.size}` });
+        return;
+      }
+      const hit = await openHit(image, range);
+      if (hit !== undefined) {
+        streamEnded = metrics.peerStreamStarted();
+        await serveHit(res, notes, image, hit, range !== undefined, false);
+        return;
+      }
+      const following = await fills.followIfFilling(image, range?.start ?? 0, range?.end ?? image.size - 1);
+      if (following === undefined) {
+        refusePeer(res, 404, 'not-cached', `This node neither caches nor fills image ${imageId}.`);
+        return;
+      }
+      streamEnded = metrics.peerStreamStarted();
+      await serveFill(res, notes, image, null, following, range !== undefined, true);
+    } finally {
+      peerStreams--;
+      streamEnded?.();
+    }
+  }
 
   /**
    * A miss, from the image's fill (joined, or started here), or from a fill
@@ -126,9 +185,11 @@ export function imageDataRoute(deps: ImageDataDeps) {
   }
 
   /** The hot path: the cached file (or range) from disk, or handed to the nginx in front. */
-  async function serveHit(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, hit: OpenImageFile, partial: boolean): Promise<void> {
+  async function serveHit(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, hit: OpenImageFile, partial: boolean, viaFront = true): Promise<void> {
     notes.cache = 'hit';
-    if (deps.xAccelRedirect !== undefined) {
+    notes.bytesFrom = 'cache';
+    // Another node may reach this one past the nginx in front: it gets the bytes, not a redirect.
+    if (viaFront && deps.xAccelRedirect !== undefined) {
       redirectToFront(res, image, hit, deps.xAccelRedirect);
       return;
     }
@@ -153,12 +214,21 @@ export function imageDataRoute(deps: ImageDataDeps) {
     metrics.served('hit', hit.end - hit.start + 1);
   }
 
-  async function serveFill(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, token: string | undefined, span: FollowSpan, partial: boolean, coalesced: boolean): Promise<void> {
+  /**
+   * A response following a fill. If the cache's disk fails under it, the rest
+   * comes from the source with `token`, the caller's; `null` for a peer's
+   * request, which gets nothing but what is here (its node takes the rest elsewhere).
+   */
+  async function serveFill(res: ServerResponse, notes: RequestNotes, image: ImageMetadata, token: string | undefined | null, span: FollowSpan, partial: boolean, coalesced: boolean): Promise<void> {
     notes.cache = 'miss';
     notes.coalesced = coalesced;
     res.writeHead(partial ? 206 : 200, dataHeaders(image, span.start, span.end, image.size!, partial));
-    // If the cache's disk fails under the fill, the rest comes from the source, with this caller's token.
-    const rest = async (position: number): Promise<Readable> => {
+    // Known when the response starts; a fill that moves on from a failed peer adds to it as it goes.
+    const noteBytesFrom = (): void => {
+      notes.bytesFrom = span.bytesFrom() + (notes.restFromSource === undefined ? '' : ', then upstream');
+    };
+    noteBytesFrom();
+    const rest = token === null ? undefined : async (position: number): Promise<Readable> => {
       notes.restFromSource = position;
       const response = await source.open(image.id, token, { start: position, end: span.end });
       if (response.status === 206 || (response.status === 200 && position === 0)) return response.body;
@@ -168,17 +238,24 @@ export function imageDataRoute(deps: ImageDataDeps) {
     try {
       metrics.served('miss', await sendFile(res, { ...span, rest }));
     } finally {
+      noteBytesFrom();
       span.release();
     }
   }
 
   async function bypass(req: IncomingMessage, res: ServerResponse, notes: RequestNotes, image: ImageMetadata, range: ResolvedRange | undefined): Promise<void> {
     notes.cache = 'bypass';
+    notes.bytesFrom = 'upstream';
     const response = await source.open(image.id, tokenOf(req), range);
     metrics.served('bypass', await relay(res, response));
   }
 }
 
+
+/** A peer request turned away, with the reason the asking node reads (PEER_REFUSAL_HEADER). */
+function refusePeer(res: ServerResponse, status: 404 | 503, refusal: 'busy' | 'not-cached', message: string): void {
+  sendError(res, status, message, { [PEER_REFUSAL_HEADER]: refusal });
+}
 
 /** Glance's download headers: octet-stream, the length, Content-MD5 (Glance sends the hex checksum), and Content-Range for a range. */
 function dataHeaders(image: ImageMetadata, start: number, end: number, size: number, partial: boolean): OutgoingHttpHeaders {
