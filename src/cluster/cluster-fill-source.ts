@@ -137,7 +137,7 @@ class ClusterFill {
   private onBytes: (from: BytesFrom, bytes: number) => void = () => {};
   /** Peers that failed this fill: not asked again by it. */
   private readonly failed = new Set<string>();
-  /** Claim holders that failed this fill: their claim may be taken over. */
+  /** Nodes that failed this fill: a claim one of them holds may be taken over. */
   private readonly failedHolders = new Set<string>();
   private claimed = false;
 
@@ -245,7 +245,8 @@ class ClusterFill {
     if (reason === 'busy') return; // it may have room at the next look
     this.failed.add(candidate.url);
     if (reason === 'connect' || reason === 'reset' || reason === 'stall' || reason === 'error') this.markFailed(candidate.url);
-    if (candidate.state === 'upstream' && reason !== 'refused') this.failedHolders.add(candidate.nodeId);
+    // It may hold the claim by now though it did not when it was chosen: its claim may be taken over.
+    if (reason !== 'refused') this.failedHolders.add(candidate.nodeId);
   }
 
   private async fromUpstream(position: number): Promise<Stream | { answer: SourceResponse }> {
