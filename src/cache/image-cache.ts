@@ -78,7 +78,7 @@ export class ImageCache {
         if (this.open) this.reads.add(imageId, read);
       },
     });
-    this.reads = new AccessBatch((entries) => this.driver.writeReads(entries), log, () => this.driver.name);
+    this.reads = new AccessBatch((entries) => this.driver.writeReads(entries), log, () => this.driver.name, () => this.driver.readsGatherMs ?? 0);
     this.recovery = this.newRecovery();
     this.driver = new Index({
       options,

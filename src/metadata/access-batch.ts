@@ -56,7 +56,8 @@ export const MAX_KEPT_IMAGES = 10_000;
  */
 export class AccessBatch {
   private pending = new Map<string, PendingAccess>();
-  private scheduled: NodeJS.Immediate | undefined;
+  /** The write scheduled for the reads gathering now: its cancel. */
+  private scheduled: (() => void) | undefined;
   private inFlight: Promise<void> | undefined;
   /** The write that starts when the one in flight ends. */
   private next: Promise<void> | undefined;
@@ -70,6 +71,12 @@ export class AccessBatch {
     private readonly write: WriteAccesses,
     private readonly log: Logger,
     private readonly driverName: () => string,
+    /**
+     * How long reads gather before they are written, ms: 0 writes them on the
+     * next turn of the event loop (a local store); a store shared by many
+     * nodes gets one write per node per interval, however many reads.
+     */
+    private readonly gatherMs: () => number = () => 0,
   ) {}
 
   add(imageId: string, access: Access): void {
@@ -98,8 +105,7 @@ export class AccessBatch {
    * failure (logged).
    */
   flush(): Promise<void> {
-    if (this.scheduled !== undefined) clearImmediate(this.scheduled);
-    this.scheduled = undefined;
+    this.unschedule();
     if (this.pending.size === 0) return this.settled();
     if (this.inFlight === undefined) return this.start();
     this.next ??= this.inFlight.then(() => {
@@ -118,8 +124,7 @@ export class AccessBatch {
   close(): void {
     if (this.retry !== undefined) clearTimeout(this.retry);
     this.retry = undefined;
-    if (this.scheduled !== undefined) clearImmediate(this.scheduled);
-    this.scheduled = undefined;
+    this.unschedule();
     if (this.pending.size > 0) {
       this.log.warn({ driver: this.driverName(), images: this.pending.size, hits: hitsOf(this.pending.values()) }, 'closing with image reads the metadata store could not take; they are not recorded');
     }
@@ -127,10 +132,25 @@ export class AccessBatch {
   }
 
   private scheduleFlush(): void {
-    this.scheduled ??= setImmediate(() => {
+    if (this.scheduled !== undefined) return;
+    const flush = (): void => {
       this.scheduled = undefined;
       void this.flush();
-    });
+    };
+    const gatherMs = this.gatherMs();
+    if (gatherMs <= 0) {
+      const immediate = setImmediate(flush);
+      this.scheduled = () => clearImmediate(immediate);
+      return;
+    }
+    const timer = setTimeout(flush, gatherMs);
+    timer.unref();
+    this.scheduled = () => clearTimeout(timer);
+  }
+
+  private unschedule(): void {
+    this.scheduled?.();
+    this.scheduled = undefined;
   }
 
   private start(): Promise<void> {

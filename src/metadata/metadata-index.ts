@@ -70,6 +70,8 @@ export interface MetadataIndex {
   getCachedNodes?(imageId: string): Promise<string[]>;
   /** Every other node on the same database (centralized_db). */
   getClusterNodes?(): Promise<string[]>;
+  /** How long reads gather before one write records them, ms (unset: the next turn of the event loop). */
+  readonly readsGatherMs?: number;
   /** Who in the cluster holds or fills an image (centralized_db); call once open. */
   fillDirectory?(): FillDirectory;
 }

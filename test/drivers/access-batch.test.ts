@@ -243,3 +243,28 @@ describe('AccessBatch while the metadata store is unavailable', () => {
     assert.deepEqual(s.written, {});
   });
 });
+
+describe('AccessBatch gathering for a shared store (gatherMs)', () => {
+  it('writes the reads of a whole interval at once, however many arrive in it, and flush() does not wait for the interval', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const writes: number[] = [];
+    const log: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
+    const batch = new AccessBatch(async (entries) => {
+      writes.push([...entries.values()].reduce((n, read) => n + read.hits, 0));
+    }, log, () => 'test', () => 1_000);
+    const read = { at: 1, ino: 1, size: 1, lastModified: 1 };
+    for (let i = 0; i < 500; i++) {
+      batch.add(`image-${i % 7}`, read);
+      await new Promise<void>((resolve) => setImmediate(resolve)); // turns of the event loop pass: no write yet
+    }
+    assert.deepEqual(writes, []);
+    t.mock.timers.tick(1_000);
+    await batch.settled();
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    assert.deepEqual(writes, [500]);
+    batch.add('image-0', read);
+    await batch.flush();
+    assert.deepEqual(writes, [500, 1]);
+    batch.close();
+  });
+});

@@ -254,7 +254,8 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       const columns = (schema: string) => db.query<Record<string, unknown>>(
         `SELECT table_name, column_name, data_type, character_maximum_length, datetime_precision, is_nullable,
                 regexp_replace(column_default, '[a-z_]+\\.', '') AS column_default
-         FROM information_schema.columns WHERE table_schema = $1 ORDER BY table_name, ordinal_position`,
+         FROM information_schema.columns WHERE table_schema = $1 AND table_name IN ('cached_images', 'node_reference')
+         ORDER BY table_name, ordinal_position`,
         [schema],
       );
       const constraints = (schema: string) => db.query<Record<string, unknown>>(
@@ -262,7 +263,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
                 array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i) AS columns,
                 c.confrelid::regclass::text AS references
          FROM pg_constraint c JOIN pg_namespace s ON s.oid = c.connamespace
-         WHERE s.nspname = $1 ORDER BY 1, 2`,
+         WHERE s.nspname = $1 AND c.conrelid::regclass::text ~ '(^|\\.)(cached_images|node_reference)$' ORDER BY 1, 2`,
         [schema],
       );
       const strip = (rows: Array<Record<string, unknown>>) => rows.map((row) => JSON.parse(JSON.stringify(row).replace(/glance_reference\./g, '')) as Record<string, unknown>);
@@ -299,6 +300,14 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       // Our only addition: an index for the per-node queries.
       const indexes = await db.query<{ indexname: string; indexdef: string }>("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'cached_images' AND indexname = 'cached_images_node_reference_id_idx'");
       assert.match(indexes[0]?.indexdef ?? '', /\(node_reference_id\)$/);
+      // And the fill directory's tables (cluster/fill-directory.ts), beside Glance's.
+      assert.deepEqual((await columns('public').then(() => db.query<{ t: string; c: string }>(
+        `SELECT table_name AS t, column_name AS c FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name LIKE 'image_cache_fill%' ORDER BY table_name, ordinal_position`,
+      ))).map((r) => `${r.t}.${r.c}`), [
+        'image_cache_fill_claims.image_id', 'image_cache_fill_claims.node_reference_id', 'image_cache_fill_claims.expires_at',
+        'image_cache_fills.image_id', 'image_cache_fills.node_reference_id', 'image_cache_fills.seq', 'image_cache_fills.expires_at',
+      ]);
     });
 
     it('several nodes configuring at once on an empty database all succeed, and each node is registered once', async (t) => {
@@ -312,7 +321,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
         await db.query('SELECT node_reference_url, count(*)::int AS n FROM fresh.node_reference GROUP BY 1 ORDER BY 1'),
         ['http://a:9292', 'http://b:9292', 'http://c:9292', 'http://d:9292'].map((url) => ({ node_reference_url: url, n: 1 })),
       );
-      assert.deepEqual((await db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'fresh' ORDER BY 1")).map((r) => r.tablename), ['cached_images', 'node_reference']);
+      assert.deepEqual((await db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'fresh' ORDER BY 1")).map((r) => r.tablename), ['cached_images', 'image_cache_fill_claims', 'image_cache_fills', 'node_reference']);
     });
 
     it('uses tables Glance created as they are: UUID images work, an ID longer than Glance\'s VARCHAR(36) is refused by openForWrite before anything is written, and reads rows Glance wrote', async (t) => {
@@ -321,7 +330,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
       const { open, dir } = fixture(t);
       const cache = await open('glance-node', { databaseConnection: db.urlWith({ options: '-c search_path=glance_made' }) });
       const self = urlOf(cache);
-      assert.deepEqual(await db.query("SELECT character_maximum_length AS n FROM information_schema.columns WHERE table_schema = 'glance_made' AND column_name = 'image_id'"), [{ n: 36 }]);
+      assert.deepEqual(await db.query("SELECT character_maximum_length AS n FROM information_schema.columns WHERE table_schema = 'glance_made' AND table_name = 'cached_images' AND column_name = 'image_id'"), [{ n: 36 }]);
 
       await put(cache, UUID);
       assert.deepEqual(await cache.getCachedNodes(UUID), [self]);
@@ -566,6 +575,7 @@ describe('centralized_db on PostgreSQL', { skip }, () => {
         await put(b, id);
       }
       await read(a, one);
+      await a.getCachedImages(); // reads gather for a second before they are written; a listing writes them first
       const aFiles = () => ids.filter((id) => fs.existsSync(path.join(dir('node-a'), id)));
       const aRows = [{ image_id: image, hits: 0 }, { image_id: one, hits: 1 }, { image_id: two, hits: 0 }];
 
