@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
-import { PeerFailed, SourceUnavailable } from '../errors.js';
+import { ChecksumMismatch, PeerFailed, SourceUnavailable, WrongImageLength } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { BytesFrom, FillOpening, FillSource } from '../cache/fill-source.js';
 import { sourceOpening } from '../cache/fill-source.js';
@@ -51,8 +51,10 @@ interface Stream {
 export class ClusterFillSource implements FillSource {
   /** Images this process fills, whose leases it renews. */
   private readonly leases = new Set<string>();
-  private readonly failedAt = new Map<string, number>();
+  private readonly health = new PeerHealth();
   private renewing: NodeJS.Timeout | undefined;
+  /** Removals from the directory under way, waited for by close(). */
+  private readonly leaving = new Set<Promise<void>>();
 
   constructor(private readonly options: ClusterFillOptions) {}
 
@@ -71,13 +73,16 @@ export class ClusterFillSource implements FillSource {
     }
     this.hold(image.id);
     let ended = false;
-    const end = (): void => {
+    let fill: ClusterFill | undefined;
+    const end = (outcome?: 'committed' | Error): void => {
       if (ended) return;
       ended = true;
       this.release(image.id);
+      // Bytes of the right length that fail the image's hash: a peer sent them (or the upstream did). Not asked again for a while.
+      if (outcome instanceof ChecksumMismatch || outcome instanceof WrongImageLength) for (const url of fill?.peersUsed ?? []) this.health.distrust(url);
     };
     try {
-      const fill = new ClusterFill(this.options, image, token, joined, (url) => this.failedRecently(url), (url) => this.failedAt.set(url, Date.now()));
+      fill = new ClusterFill(this.options, image, token, joined, this.health);
       const first = await fill.next(0);
       if ('answer' in first) {
         end();
@@ -85,7 +90,7 @@ export class ClusterFillSource implements FillSource {
       }
       return {
         response: { status: 200, headers: {}, body: Readable.from(fill.bytes(first), { objectMode: false }) },
-        countBytes: (onBytes) => fill.countBytes(onBytes),
+        countBytes: (onBytes) => fill!.countBytes(onBytes),
         sources: fill.sources,
         guardsStalls: true,
         ended: end,
@@ -96,19 +101,12 @@ export class ClusterFillSource implements FillSource {
     }
   }
 
-  /** Lets go of every lease (the fills in flight have been ended) and the peers' connections. */
-  close(): void {
+  /** Once the fills have ended (Fills.close()): waits for their rows to go, and lets go of the peers' connections. */
+  async close(): Promise<void> {
     clearInterval(this.renewing);
     this.renewing = undefined;
+    await Promise.all(this.leaving);
     this.options.peers.close();
-  }
-
-  private failedRecently(url: string): boolean {
-    const at = this.failedAt.get(url);
-    if (at === undefined) return false;
-    if (Date.now() - at < FAILED_RECENTLY_MS) return true;
-    this.failedAt.delete(url);
-    return false;
   }
 
   private hold(imageId: string): void {
@@ -127,8 +125,45 @@ export class ClusterFillSource implements FillSource {
       this.renewing = undefined;
     }
     // Should this fail, the lease lapses by itself.
-    this.options.directory.leave(imageId).catch((err: unknown) => this.options.log.warn({ imageId, err }, 'could not remove this node\'s fill from the fill directory'));
+    const leaving = this.options.directory.leave(imageId)
+      .catch((err: unknown) => this.options.log.warn({ imageId, err }, 'could not remove this node\'s fill from the fill directory'))
+      .finally(() => this.leaving.delete(leaving));
+    this.leaving.add(leaving);
   }
+}
+
+/**
+ * What this process has seen of other nodes lately: those that failed (gone,
+ * reset, stalled) are asked after the others; those whose bytes failed an
+ * image's hash are not asked at all, for FAILED_RECENTLY_MS.
+ */
+class PeerHealth {
+  private readonly failedAt = new Map<string, number>();
+  private readonly distrustedAt = new Map<string, number>();
+
+  failed(url: string): void {
+    this.failedAt.set(url, Date.now());
+  }
+
+  distrust(url: string): void {
+    this.distrustedAt.set(url, Date.now());
+  }
+
+  failedRecently(url: string): boolean {
+    return recent(this.failedAt, url);
+  }
+
+  distrusted(url: string): boolean {
+    return recent(this.distrustedAt, url);
+  }
+}
+
+function recent(times: Map<string, number>, url: string): boolean {
+  const at = times.get(url);
+  if (at === undefined) return false;
+  if (Date.now() - at < FAILED_RECENTLY_MS) return true;
+  times.delete(url);
+  return false;
 }
 
 /** One fill's way through the cluster: the peers it tried, the claim, the streams. */
@@ -146,9 +181,13 @@ class ClusterFill {
     private readonly image: ImageMetadata,
     private readonly token: string | undefined,
     private readonly joined: number,
-    private readonly failedRecently: (url: string) => boolean,
-    private readonly markFailed: (url: string) => void,
+    private readonly health: PeerHealth,
   ) {}
+
+  /** The peers whose bytes this fill took. */
+  get peersUsed(): string[] {
+    return this.sources.filter((label) => label.startsWith('peer ')).map((label) => label.slice('peer '.length));
+  }
 
   countBytes(onBytes: (from: BytesFrom, bytes: number) => void): void {
     this.onBytes = onBytes;
@@ -230,8 +269,8 @@ class ClusterFill {
   /** Holders first (they have every byte), then the claim's holder, then nodes following it that joined before this one; each group shuffled, recent failures last. */
   private ordered(candidates: FillCandidate[]): FillCandidate[] {
     const rank = { cached: 0, upstream: 1, filling: 2 } as const;
-    const usable = candidates.filter((c) => !this.failed.has(c.url) && (c.state !== 'filling' || c.joined < this.joined));
-    const keyed = usable.map((c) => ({ c, key: (this.failedRecently(c.url) ? 10 : 0) + rank[c.state] + Math.random() * 0.5 }));
+    const usable = candidates.filter((c) => !this.failed.has(c.url) && !this.health.distrusted(c.url) && (c.state !== 'filling' || c.joined < this.joined));
+    const keyed = usable.map((c) => ({ c, key: (this.health.failedRecently(c.url) ? 10 : 0) + rank[c.state] + Math.random() * 0.5 }));
     keyed.sort((a, b) => a.key - b.key);
     // One node may show twice (a record, and a fill): ask it once.
     const seen = new Set<string>();
@@ -242,9 +281,10 @@ class ClusterFill {
     const reason = failureReason(err);
     this.options.fallback(reason);
     this.options.log.debug({ imageId: this.image.id, peer: candidate.url, reason, err }, 'a peer could not send the image');
+    if (reason === 'wrong_bytes') this.health.distrust(candidate.url);
     if (reason === 'busy') return; // it may have room at the next look
     this.failed.add(candidate.url);
-    if (reason === 'connect' || reason === 'reset' || reason === 'stall' || reason === 'error') this.markFailed(candidate.url);
+    if (reason === 'connect' || reason === 'reset' || reason === 'stall' || reason === 'error') this.health.failed(candidate.url);
     // It may hold the claim by now though it did not when it was chosen: its claim may be taken over.
     if (reason !== 'refused') this.failedHolders.add(candidate.nodeId);
   }

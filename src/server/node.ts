@@ -116,7 +116,7 @@ export async function startNode(
         server.closeIdleConnections();
         await prefetcher.close();
         await fills.close();
-        cluster?.close();
+        await cluster?.close();
         // Responses still streaming get a moment to finish, then their connections go.
         const deadline = setTimeout(() => server.closeAllConnections(), 5_000);
         await closed;
