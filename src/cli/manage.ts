@@ -9,7 +9,9 @@ import { count, formatSize, formatTime, print, printJson, table } from './format
 import { withManager, type CacheManager, type Outcome, type ProgressFactory } from './managers.js';
 import { startProgress } from './progress.js';
 import type { WireCachedImage } from '../cache/wire.js';
-import { RemoteError } from '../errors.js';
+import type { NodeQueueing } from '../cluster/fleet.js';
+import { RemoteError, UsageError } from '../errors.js';
+import type { CacheApi } from './remote.js';
 import { addTargetOptions, checkImageIds, resolveTarget, TARGET_SYNOPSIS } from './target.js';
 
 export function addManageCommands(program: Command): void {
@@ -29,9 +31,16 @@ export function addManageCommands(program: Command): void {
     return 0;
   });
 
-  action(manageCommand(program, 'queue-image', 'IMAGE_ID...', 'queues images for prefetching (a node starts fetching them at once)').argument('<IMAGE_ID...>'), async (ids, flags) => {
+  const queueImage = manageCommand(program, 'queue-image', 'IMAGE_ID... [--all-nodes]', 'queues images for prefetching (a node starts fetching them at once)')
+    .argument('<IMAGE_ID...>')
+    .option('--all-nodes', 'on every node of the cluster (centralized_db), through the node at --url: each fetches it, almost all from the others');
+  action(queueImage, async (ids, flags) => {
     const target = resolveTarget(flags);
     checkImageIds(target, ids);
+    if (flags['all-nodes'] === true) {
+      if (target.kind !== 'remote') throw new UsageError('--all-nodes queues through a running node: give --url, not --local');
+      return queueOnAllNodes(target.api, ids, flags.json === true);
+    }
     const queued: string[] = [];
     const notQueued: Record<string, string> = {};
     let failed = false;
@@ -41,8 +50,7 @@ export function addManageCommands(program: Command): void {
         try {
           outcome = await manager.queueImage(id);
         } catch (err) {
-          // A node's refusal of one image (404: unknown to its source; 400: not active) does not stop the others.
-          if (!(err instanceof RemoteError) || err.status === undefined) throw err;
+          if (!isRefusal(err)) throw err;
           process.stderr.write(`image-cache queue-image: ${err.message}\n`);
           notQueued[id] = err.message;
           failed = true;
@@ -61,6 +69,42 @@ export function addManageCommands(program: Command): void {
   deleteOneCommand(program, 'delete-queued-image', 'removes one image from the prefetch queue', (manager, id) => manager.deleteQueuedImage(id), 'queued');
   deleteAllCommand(program, 'delete-all-cached-images', 'removes every cached image', (manager, progress) => manager.deleteAllCachedImages(progress), 'cached');
   deleteAllCommand(program, 'delete-all-queued-images', 'empties the prefetch queue', (manager, progress) => manager.deleteAllQueuedImages(progress), 'queued');
+}
+
+/** A node's refusal of one image (404: unknown to its source; 400: not active), which does not stop the others. */
+function isRefusal(err: unknown): err is RemoteError {
+  return err instanceof RemoteError && err.status !== undefined;
+}
+
+/**
+ * queue-image --all-nodes: each image queued through the node at --url on
+ * every node of its cluster; a line per image, and one per node that did
+ * not queue it. Exit 1 when any node did not.
+ */
+async function queueOnAllNodes(api: CacheApi, ids: string[], json: boolean): Promise<number> {
+  const queued: string[] = [];
+  const notQueued: Record<string, string> = {};
+  const nodes: Record<string, NodeQueueing[]> = {};
+  for (const id of ids) {
+    let answers: NodeQueueing[];
+    try {
+      answers = await api.queueOnAllNodes(id);
+    } catch (err) {
+      if (!isRefusal(err)) throw err;
+      process.stderr.write(`image-cache queue-image: ${err.message}\n`);
+      notQueued[id] = err.message;
+      continue;
+    }
+    nodes[id] = answers;
+    const missed = answers.filter((answer) => answer.status !== 202);
+    if (missed.length === 0) queued.push(id);
+    else notQueued[id] = `not queued on ${count(missed.length, 'node')}`;
+    if (json) continue;
+    print(`Queued ${id} on ${answers.length - missed.length} of ${count(answers.length, 'node')}.`);
+    for (const answer of missed) print(`  not on ${answer.url}: ${answer.status === undefined ? '' : `${answer.status} `}${answer.error ?? ''}`.trimEnd());
+  }
+  if (json) printJson({ queued_images: queued, not_queued_images: notQueued, nodes });
+  return Object.keys(notQueued).length > 0 ? 1 : 0;
 }
 
 /** A command with --url/--local and --json, its synopsis ending with them. */

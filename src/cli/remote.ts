@@ -7,7 +7,9 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { WireCacheListing } from '../cache/wire.js';
+import { SCOPE_HEADER, type NodeQueueing } from '../cluster/fleet.js';
 import { RemoteError } from '../errors.js';
+import { messageOfErrorBody } from '../server/error-page.js';
 
 /** Moved to errors.ts with the other error classes; exported here still for the code that imports it from here. */
 export { RemoteError } from '../errors.js';
@@ -47,6 +49,24 @@ export class CacheApi {
     await this.call('PUT', `v2/cache/${encodeURIComponent(imageId)}`, 202);
   }
 
+  /**
+   * PUT /v2/cache/{id} with x-image-cache-scope: cluster: queued on the node
+   * and, through it, on every other node of its database; what each answered.
+   */
+  async queueOnAllNodes(imageId: string): Promise<NodeQueueing[]> {
+    const path = `v2/cache/${encodeURIComponent(imageId)}`;
+    const body = await this.call('PUT', path, 202, { [SCOPE_HEADER]: 'cluster' });
+    let answer: { nodes?: unknown } | undefined;
+    try {
+      answer = JSON.parse(body.toString('utf8')) as { nodes?: unknown };
+    } catch {
+      answer = undefined;
+    }
+    // A node that does not know the header (Glance itself, an older image-cache) queues the image on itself only, and says nothing.
+    if (!Array.isArray(answer?.nodes)) throw new RemoteError(202, `PUT ${new URL(path, this.base).pathname}: ${this.url} queued the image on itself only: it does not queue on the cluster (${SCOPE_HEADER}); is it an image-cache node with image_cache_driver = centralized_db?`);
+    return answer.nodes as NodeQueueing[];
+  }
+
   /** DELETE /v2/cache/{id}: the image is gone from the cache and the queue (204). */
   async delete(imageId: string): Promise<void> {
     await this.call('DELETE', `v2/cache/${encodeURIComponent(imageId)}`, 204);
@@ -72,7 +92,7 @@ export class CacheApi {
           const status = res.statusCode ?? 0;
           if (status === expected) return resolve(body);
           const reason = http.STATUS_CODES[status];
-          reject(new RemoteError(status, `${method} ${url.pathname}: ${status}${reason === undefined ? '' : ` ${reason}`}: ${errorMessage(body)}`));
+          reject(new RemoteError(status, `${method} ${url.pathname}: ${status}${reason === undefined ? '' : ` ${reason}`}: ${messageOfErrorBody(body)}`));
         });
       });
       req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new RemoteError(undefined, `no answer in ${REQUEST_TIMEOUT_MS / 1000} s`)));
@@ -80,19 +100,4 @@ export class CacheApi {
       req.end();
     });
   }
-}
-
-/** Glance's error body is `{"message": ...}`; a proxy's may be anything: its first line then, shortened. */
-function errorMessage(body: Buffer): string {
-  const text = body.toString('utf8').trim();
-  try {
-    const parsed = JSON.parse(text) as { message?: unknown; error?: { message?: unknown } };
-    const message = parsed.message ?? parsed.error?.message;
-    // Glance's (webob's) JSON error ends its message with the page's line breaks.
-    if (typeof message === 'string') return message.replace(/(<br \/>)+\s*$/, '');
-  } catch {
-    // not JSON: fall through to the text itself
-  }
-  const firstLine = text.split('\n', 1)[0] ?? '';
-  return firstLine === '' ? '(no message)' : firstLine.slice(0, 200);
 }

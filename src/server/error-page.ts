@@ -131,3 +131,18 @@ function escapeHtml(text: string): string {
 function stripTags(text: string): string {
   return text.replace(/\n/g, ' ').replace(/\r/g, '').replace(/<br.*?>/gis, '\n').replace(/<!--|-->/g, '').replace(/<.*?>/gs, '');
 }
+
+/** The message of an error answer read back: Glance's (webob's) `{"message": ...}`; a proxy's page may be anything: its first line then, shortened. */
+export function messageOfErrorBody(body: Buffer): string {
+  const text = body.toString('utf8').trim();
+  try {
+    const parsed = JSON.parse(text) as { message?: unknown; error?: { message?: unknown } };
+    const message = parsed.message ?? parsed.error?.message;
+    // Glance's (webob's) JSON error ends its message with the page's line breaks.
+    if (typeof message === 'string') return message.replace(/(<br \/>)+\s*$/, '');
+  } catch {
+    // not JSON: fall through to the text itself
+  }
+  const firstLine = text.split('\n', 1)[0] ?? '';
+  return firstLine === '' ? '(no message)' : firstLine.slice(0, 200);
+}

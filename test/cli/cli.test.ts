@@ -80,7 +80,7 @@ describe('image-cache command line', () => {
       import: 'import FILE [--id ID]',
       'list-cached': 'list-cached (--url URL [--token TOKEN] | --local) [--json]',
       'list-queued': 'list-queued (--url URL [--token TOKEN] | --local) [--json]',
-      'queue-image': 'queue-image IMAGE_ID... (--url URL [--token TOKEN] | --local) [--json]',
+      'queue-image': 'queue-image IMAGE_ID... [--all-nodes] (--url URL [--token TOKEN] | --local) [--json]',
       'delete-cached-image': 'delete-cached-image IMAGE_ID (--url URL',
       'delete-queued-image': 'delete-queued-image IMAGE_ID (--url URL',
       'delete-all-cached-images': 'delete-all-cached-images (--url URL',

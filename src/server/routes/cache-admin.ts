@@ -4,7 +4,10 @@ import type { Maintenance } from '../../cache/maintenance.js';
 import type { Prefetcher } from '../../cache/prefetcher.js';
 import { cachedImageToWire } from '../../cache/wire.js';
 import { NotSupported } from '../../errors.js';
+import { queueOnNodes, scopeOf, SCOPE_HEADER } from '../../cluster/fleet.js';
 import type { ImageSource } from '../../sources/source.js';
+import type { ServerOptions } from '../config.js';
+import { outboundRequestIdHeaders } from '../request-id.js';
 import { sendError, sendJson, tokenOf } from '../respond.js';
 
 export interface CacheAdminDeps {
@@ -12,6 +15,7 @@ export interface CacheAdminDeps {
   source: ImageSource;
   prefetcher: Prefetcher;
   maintenance: Maintenance;
+  options: Pick<ServerOptions, 'peerConnectTimeout' | 'upstreamTimeout'>;
 }
 
 /** The clear targets of DELETE /v2/cache: Glance's code knows '', cache and queue; its docs say both. */
@@ -26,10 +30,11 @@ const CLEAR_TARGETS: Record<string, { cache: boolean; queue: boolean }> = {
  * Glance's cache management API (v2.14+, glance/api/v2/cached_images.py),
  * with its status codes: the routes `glance cache-list`, `cache-queue`,
  * `cache-delete` and `cache-clear` call, plus clean and prune (which Glance
- * leaves to cron) and the centralized driver's node list.
+ * leaves to cron), the centralized driver's node list, and queueing on
+ * every node of the cluster at once (`x-image-cache-scope: cluster`).
  */
 export function cacheAdminRoute(deps: CacheAdminDeps) {
-  const { cache, source, prefetcher, maintenance } = deps;
+  const { cache, source, prefetcher, maintenance, options } = deps;
 
   return async function cacheAdmin(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
     const method = req.method ?? 'GET';
@@ -48,7 +53,7 @@ export function cacheAdminRoute(deps: CacheAdminDeps) {
       return;
     }
     const nodes = /^\/v2\/cache\/nodes\/([^/]+)$/.exec(path);
-    if (nodes !== null && method === 'GET') return cachedNodes(res, decodeURIComponent(nodes[1]!));
+    if (nodes !== null && method === 'GET') return cachedNodes(req, res, decodeURIComponent(nodes[1]!));
     const entry = /^\/v2\/cache\/([^/]+)$/.exec(path);
     if (entry !== null) {
       const imageId = decodeURIComponent(entry[1]!);
@@ -78,14 +83,32 @@ export function cacheAdminRoute(deps: CacheAdminDeps) {
     res.writeHead(204).end();
   }
 
-  /** PUT /v2/cache/{id}: 202 once queued (and its fetch started); 404 for an image the source does not know; 400 unless active. */
+  /**
+   * PUT /v2/cache/{id}: 202 once queued (and its fetch started); 404 for an
+   * image the source does not know; 400 unless active. With
+   * `x-image-cache-scope: cluster`, once queued here, on every other node of
+   * the database too, with the caller's token (each node asks its upstream
+   * as for any queueing): 202 with what each node answered.
+   */
   async function queueImage(req: IncomingMessage, res: ServerResponse, imageId: string): Promise<void> {
-    const metadata = await source.metadata(imageId, tokenOf(req));
-    if (!metadata.ok) {
-      if (metadata.answer.status === 404) sendError(res, 404, `Image ${imageId} not found.`);
-      else sendError(res, metadata.answer.status, `The image source answered ${metadata.answer.status} for image ${imageId}.`);
+    const scope = scopeOf(req.headers[SCOPE_HEADER]);
+    if (scope === undefined) {
+      sendError(res, 400, `If provided '${SCOPE_HEADER}' must be 'node', 'cluster' or empty.`);
       return;
     }
+    let others: string[] = [];
+    if (scope === 'cluster') {
+      try {
+        others = await cache.getClusterNodes();
+      } catch (err) {
+        if (!(err instanceof NotSupported)) throw err;
+        sendError(res, 409, `Queueing an image on every node needs the centralized_db cache driver, not ${cache.driver.name}.`);
+        return;
+      }
+    }
+    const token = tokenOf(req);
+    const metadata = await source.metadata(imageId, token);
+    if (!metadata.ok) return refusedBySource(res, imageId, metadata.answer.status);
     if (metadata.image.status !== 'active') {
       sendError(res, 400, 'Only images with status active can be targeted for queueing');
       return;
@@ -95,7 +118,17 @@ export function cacheAdminRoute(deps: CacheAdminDeps) {
       return;
     }
     await prefetcher.queue(imageId);
-    res.writeHead(202).end();
+    if (scope === 'node') {
+      res.writeHead(202).end();
+      return;
+    }
+    const elsewhere = await queueOnNodes(others, imageId, token, {
+      connectTimeoutMs: options.peerConnectTimeout * 1000,
+      timeoutMs: options.upstreamTimeout * 1000,
+      headers: outboundRequestIdHeaders,
+    });
+    const here = { url: cache.options.workerSelfReferenceUrl!, status: 202 };
+    sendJson(res, 202, { image_id: imageId, nodes: [here, ...elsewhere] });
   }
 
   /** DELETE /v2/cache/{id}: 204; 404 when it is neither cached, nor queued, nor known to the source. */
@@ -115,15 +148,26 @@ export function cacheAdminRoute(deps: CacheAdminDeps) {
     res.writeHead(204).end();
   }
 
-  /** GET /v2/cache/nodes/{id}: the nodes holding the image (centralized_db only: 409 otherwise, as Glance answers). */
-  async function cachedNodes(res: ServerResponse, imageId: string): Promise<void> {
-    try {
-      sendJson(res, 200, await cache.getCachedNodes(imageId));
-    } catch (err) {
-      if (!(err instanceof NotSupported)) throw err;
+  /**
+   * GET /v2/cache/nodes/{id}: the nodes holding the image, a bare list of
+   * their URLs as Glance 2026.2 answers (centralized_db only: 409 otherwise,
+   * as Glance answers); 404 for an image the source does not know.
+   */
+  async function cachedNodes(req: IncomingMessage, res: ServerResponse, imageId: string): Promise<void> {
+    if (cache.driver.getCachedNodes === undefined) {
       sendError(res, 409, `Listing the nodes that cache an image needs the centralized_db cache driver, not ${cache.driver.name}.`);
+      return;
     }
+    const metadata = await source.metadata(imageId, tokenOf(req));
+    if (!metadata.ok) return refusedBySource(res, imageId, metadata.answer.status);
+    sendJson(res, 200, cache.isValidImageId(imageId) ? await cache.getCachedNodes(imageId) : []);
   }
+}
+
+/** The source's refusal of the image's metadata, passed on: Glance's 404 for an image it does not know. */
+function refusedBySource(res: ServerResponse, imageId: string, status: number): void {
+  if (status === 404) sendError(res, 404, `Image ${imageId} not found.`);
+  else sendError(res, status, `The image source answered ${status} for image ${imageId}.`);
 }
 
 function notAllowed(res: ServerResponse, allowed: string): void {
