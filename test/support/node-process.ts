@@ -80,14 +80,14 @@ function configText(settings: NodeSettings): string {
  * bind_port 0, auth_strategy noauth and image_cache_dir dir/cache unless
  * given); resolves once it says where it serves.
  */
-export async function startNodeProcess(dir: string, settings: NodeSettings): Promise<NodeProcess> {
+export async function startNodeProcess(dir: string, settings: NodeSettings, extraEnv: Record<string, string> = {}): Promise<NodeProcess> {
   fs.mkdirSync(dir, { recursive: true });
   const cacheDir = typeof settings.image_cache_dir === 'string' ? settings.image_cache_dir : path.join(dir, 'cache');
   const conf = path.join(dir, 'node.conf');
   const log = path.join(dir, 'node.log');
   fs.writeFileSync(conf, configText({ bind_host: '127.0.0.1', bind_port: 0, auth_strategy: 'noauth', image_cache_dir: cacheDir, ...settings }));
   const logFd = fs.openSync(log, 'a');
-  const env = { ...process.env, IMAGE_CACHE_DIR: '', IMAGE_CACHE_FILESYSTEM_STORE_DATADIR: '' };
+  const env = { ...process.env, IMAGE_CACHE_DIR: '', IMAGE_CACHE_FILESYSTEM_STORE_DATADIR: '', ...extraEnv };
   const child = spawn(process.execPath, [CLI, 'serve', '--config-file', conf], { detached: true, env, stdio: ['ignore', 'pipe', logFd] });
   fs.closeSync(logFd);
   running.add(child.pid!);
