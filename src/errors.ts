@@ -340,3 +340,12 @@ export class PeerFailed extends ImageCacheError {
     this.reason = reason;
   }
 }
+
+/** A message on the notifications queue that is not an oslo.messaging notification of an image. */
+export class MalformedNotification extends ImageCacheError {
+  readonly reason: string;
+  constructor(reason: string) {
+    super('ERR_MALFORMED_NOTIFICATION', `Not a Glance notification: ${reason}`);
+    this.reason = reason;
+  }
+}

@@ -4,6 +4,12 @@ import { untilWritten } from './fill-progress.js';
 import type { Fills } from './fills.js';
 import type { ImageCache } from './image-cache.js';
 
+/** Statuses an image passes through on its way to active: a prefetch of it waits (Glance announces image.activate before its status reads active). */
+const BECOMING_ACTIVE = new Set(['queued', 'saving', 'uploading', 'importing']);
+/** How often such an image is looked at again, and for how long at most before the usual backoff. */
+const SOON_MS = 250;
+const SOON_LIMIT = 120;
+
 export interface PrefetcherOptions {
   /** image_cache_prefetch_workers: images fetched at once (Glance's prefetcher fetches one at a time per process). */
   workers: number;
@@ -29,6 +35,8 @@ export class Prefetcher {
   private readonly scheduled = new Set<string>();
   /** Failed fetches so far, per image: its next retry waits longer. */
   private readonly attempts = new Map<string, number>();
+  /** Looks so far at an image still becoming active. */
+  private readonly soon = new Map<string, number>();
   private readonly retries = new Map<string, NodeJS.Timeout>();
   private readonly inFlight = new Set<Promise<void>>();
   private active = 0;
@@ -78,8 +86,12 @@ export class Prefetcher {
       const running = this.fetch(imageId).then(
         (outcome) => {
           this.scheduled.delete(imageId);
-          if (outcome === 'retry') this.retryLater(imageId);
-          else this.attempts.delete(imageId);
+          if (outcome === 'soon') this.retrySoon(imageId);
+          else if (outcome === 'retry') this.retryLater(imageId);
+          else {
+            this.attempts.delete(imageId);
+            this.soon.delete(imageId);
+          }
         },
         (err: unknown) => {
           this.scheduled.delete(imageId);
@@ -95,11 +107,26 @@ export class Prefetcher {
     }
   }
 
+  /** An image still becoming active: looked at again shortly, for a while; then as any failure. */
+  private retrySoon(imageId: string): void {
+    const looks = (this.soon.get(imageId) ?? 0) + 1;
+    this.soon.set(imageId, looks);
+    if (looks > SOON_LIMIT) {
+      this.soon.delete(imageId);
+      this.retryLater(imageId);
+      return;
+    }
+    this.retryAfter(imageId, SOON_MS);
+  }
+
   private retryLater(imageId: string): void {
-    if (this.closed) return;
     const attempt = (this.attempts.get(imageId) ?? 0) + 1;
     this.attempts.set(imageId, attempt);
-    const delay = Math.min(this.options.maxRetryMs, this.options.firstRetryMs * 2 ** (attempt - 1));
+    this.retryAfter(imageId, Math.min(this.options.maxRetryMs, this.options.firstRetryMs * 2 ** (attempt - 1)));
+  }
+
+  private retryAfter(imageId: string, delay: number): void {
+    if (this.closed) return;
     const timer = setTimeout(() => {
       this.retries.delete(imageId);
       this.schedule(imageId);
@@ -109,7 +136,7 @@ export class Prefetcher {
   }
 
   /** 'done' when the image is cached, or will never be (its marker is then dropped); 'retry' otherwise. */
-  private async fetch(imageId: string): Promise<'done' | 'retry'> {
+  private async fetch(imageId: string): Promise<'done' | 'retry' | 'soon'> {
     if (!(await this.cache.isQueued(imageId))) return 'done'; // dequeued meanwhile
     const token = await this.options.token();
     const metadata = await this.source.metadata(imageId, token);
@@ -118,6 +145,7 @@ export class Prefetcher {
       this.options.log.warn({ imageId, status: metadata.answer.status }, 'prefetch: the source refused the metadata; will try again');
       return 'retry';
     }
+    if (BECOMING_ACTIVE.has(metadata.image.status)) return 'soon';
     if (metadata.image.status !== 'active') return this.drop(imageId, `it is ${metadata.image.status}`);
     return this.fill(metadata.image, token);
   }

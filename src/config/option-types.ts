@@ -158,3 +158,51 @@ export const locationPrefix: OptionType<string> = {
   parse: (value) =>
     (/^\/[A-Za-z0-9._~/-]*\/$/.test(value) ? { value } : { invalid: `must be a location path that starts and ends with / (such as /_image_cache/), not ${JSON.stringify(value)}` }),
 };
+
+/** oslo.messaging's transport URL for RabbitMQ: rabbit:// (or amqp://, amqps://), hosts separated by commas, a virtual host. */
+export const transportUrl: OptionType<string> = {
+  metavar: 'URL',
+  summary: 'rabbit:// URL',
+  numeric: false,
+  parse(value) {
+    const ok = /^(rabbit|amqp|amqps|kombu):\/\/[^\s/]+(\/[^\s]*)?$/.test(value);
+    return ok ? { value } : { invalid: `must be a RabbitMQ transport URL (rabbit://user:password@host:5672/), not ${JSON.stringify(redactUserInfo(value))}` };
+  },
+};
+
+/** A URL as a message may show it: without the password of its user info. */
+export function redactUserInfo(url: string): string {
+  return url.replace(/(\/\/|,)([^:@/,]*):[^@/,]*@/g, '$1$2:***@');
+}
+
+/** Comma-separated names (oslo.config's ListOpt), none empty. */
+export const nameList = (metavar: string): OptionType<string[]> => ({
+  metavar,
+  summary: 'comma-separated names',
+  numeric: false,
+  parse(value) {
+    const names = value.split(',').map((name) => name.trim());
+    return names.length > 0 && names.every((name) => /^[A-Za-z0-9._-]+$/.test(name))
+      ? { value: names }
+      : { invalid: `must be names separated by commas (notifications,other), not ${JSON.stringify(value)}` };
+  },
+});
+
+/**
+ * Which activated images a node prefetches (image_cache_prefetch_on_activate):
+ * none, public ones, all, or those with a property of a value.
+ */
+export type ActivationPolicy = { kind: 'none' | 'public' | 'all' } | { kind: 'property'; name: string; value: string };
+
+export const activationPolicy: OptionType<ActivationPolicy> = {
+  metavar: 'POLICY',
+  summary: 'none, public, all or property:NAME=VALUE',
+  numeric: false,
+  parse(value) {
+    const word = value.trim();
+    if (word === 'none' || word === 'public' || word === 'all') return { value: { kind: word } };
+    const property = /^property:([^=\s]+)=(.*)$/.exec(word);
+    if (property) return { value: { kind: 'property', name: property[1]!, value: property[2]! } };
+    return { invalid: `must be none, public, all or property:NAME=VALUE, not ${JSON.stringify(value)}` };
+  },
+};

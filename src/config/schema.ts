@@ -6,7 +6,7 @@
  * the commands' flags and --help, and the README's option table (checked by
  * a test) all come from this list.
  */
-import { boolean, bytes, count, fileName, filePath, httpUrl, locationPrefix, oneOf, port, seconds, text, type OptionType } from './option-types.js';
+import { activationPolicy, boolean, bytes, count, fileName, filePath, httpUrl, locationPrefix, nameList, oneOf, port, seconds, text, transportUrl, type OptionType } from './option-types.js';
 
 export const DRIVER_NAMES = ['sqlite', 'xattr', 'centralized_db'] as const;
 export type DriverName = (typeof DRIVER_NAMES)[number];
@@ -131,6 +131,64 @@ export const OPTIONS = {
   }),
   peerConnectTimeout: option('node', 'peer_connect_timeout', { type: seconds(1, 60), default: 1, help: 'seconds to connect to another node before it is skipped (and tried last for a while)' }),
   peerMaxStreams: option('node', 'peer_max_streams', { type: count(1, 10_000), default: 8, help: 'image streams this node serves to other nodes at once; past it, they are turned away at once and ask another node' }),
+  transportUrl: option('node', 'transport_url', {
+    type: transportUrl,
+    places: [['oslo_messaging_notifications', 'transport_url'], ['DEFAULT', 'transport_url']],
+    help: 'the RabbitMQ Glance publishes its notifications to, as glance-api.conf names it; set, the node listens (see Notifications); unset, it does not',
+  }),
+  notificationTopics: option('node', 'topics', {
+    type: nameList('TOPICS'),
+    default: ['notifications'],
+    shownDefault: 'notifications',
+    places: [['oslo_messaging_notifications', 'topics']],
+    help: 'the topics Glance publishes on (routing keys TOPIC.info, TOPIC.error, ...)',
+  }),
+  controlExchange: option('node', 'control_exchange', { type: text('EXCHANGE'), default: 'glance', help: 'the exchange Glance publishes to (Glance\'s default is glance)' }),
+  amqpDurableQueues: option('node', 'amqp_durable_queues', {
+    type: boolean,
+    default: false,
+    places: [['oslo_messaging_rabbit', 'amqp_durable_queues']],
+    help: 'as Glance has it: whether its exchange is durable (declared alike, or the broker refuses)',
+  }),
+  amqpAutoDelete: option('node', 'amqp_auto_delete', {
+    type: boolean,
+    default: false,
+    places: [['oslo_messaging_rabbit', 'amqp_auto_delete']],
+    help: 'as Glance has it: whether its exchange is auto-delete',
+  }),
+  rabbitQuorumQueue: option('node', 'rabbit_quorum_queue', {
+    type: boolean,
+    default: false,
+    places: [['oslo_messaging_rabbit', 'rabbit_quorum_queue']],
+    help: 'as Glance has it: true makes its exchange durable too',
+  }),
+  notificationsQueue: option('node', 'notifications_queue', {
+    type: text('NAME'),
+    shownDefault: 'image-cache.HOST.HASH',
+    help: 'this node\'s own queue on the exchange (kept across restarts); by default named by the host and a hash of worker_self_reference_url or image_cache_dir',
+  }),
+  notificationsQueueExpiry: option('node', 'notifications_queue_expiry', {
+    type: seconds(60, 31_536_000),
+    default: 7 * 86_400,
+    help: 'seconds after which the broker deletes the queue of a node that has not consumed from it (x-expires)',
+  }),
+  notificationsQueueMaxLength: option('node', 'notifications_queue_max_length', {
+    type: count(100, 100_000_000),
+    default: 100_000,
+    help: 'events the queue keeps for a node that is down (x-max-length); the oldest go first',
+  }),
+  evictOnDeactivate: option('node', 'image_cache_evict_on_deactivate', { type: boolean, default: false, help: 'drop the cached copy of an image Glance deactivates (image.update)' }),
+  prefetchOnActivate: option('node', 'image_cache_prefetch_on_activate', {
+    type: activationPolicy,
+    default: { kind: 'none' },
+    shownDefault: 'none',
+    help: 'the images a node queues for prefetching when Glance activates them (image.activate): none, public, all, or property:NAME=VALUE',
+  }),
+  prefetchMaxSize: option('node', 'image_cache_prefetch_max_size', {
+    type: bytes,
+    default: 0,
+    help: 'the largest image prefetched on activation; 0: up to image_cache_max_size',
+  }),
   cacheAdminRole: option('node', 'cache_admin_role', { type: text('ROLE'), default: 'admin', help: 'the role the management API needs under keystone' }),
 
   authUrl: option('keystone', 'auth_url', { type: httpUrl, help: 'Keystone, required under keystone' }),

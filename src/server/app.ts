@@ -9,6 +9,7 @@ import type { Upstream } from '../sources/upstream.js';
 import type { ImageSource } from '../sources/source.js';
 import type { Access, Decision } from './authorize.js';
 import type { ServerOptions } from './config.js';
+import type { ImageRemoval } from './image-removal.js';
 import type { NodeMetrics } from './metrics.js';
 import { sendError, type RequestNotes } from './respond.js';
 import { REQUEST_ID_HEADER, requestIdsOf, withRequestIds } from './request-id.js';
@@ -32,6 +33,8 @@ export interface AppDeps {
   access: Access;
   /** Whether the source proves an image gone, beyond what one caller may see (see image-data.ts). */
   provenGone(imageId: string): Promise<boolean>;
+  /** Takes an image withdrawn upstream off this node. */
+  removal: ImageRemoval;
   /** The Prometheus text (with several workers, all of them added up). */
   metricsText(): Promise<string>;
   options: ServerOptions;
@@ -51,7 +54,7 @@ export function createServer(deps: AppDeps): http.Server {
   const peerMaxStreams = Math.max(1, Math.ceil(deps.options.peerMaxStreams / deps.options.workers));
   const imageData = imageDataRoute({ ...deps, xAccelRedirect: deps.options.xAccelRedirect, peerMaxStreams });
   const forward = deps.upstream ? forwardRoute(deps.upstream) : undefined;
-  const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.metrics, log) : undefined;
+  const deleteImage = deps.upstream ? deleteImageRoute(deps.upstream, deps.cache, deps.removal, log) : undefined;
   const localApi = localApiRoute(deps.source);
   const health = healthRoute(deps.cache);
   const versions = versionsRoute();

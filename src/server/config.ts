@@ -3,11 +3,14 @@
  * own, read from the one schema (config/schema.ts) with the one precedence
  * (config/load.ts).
  */
+import { createHash } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import { cacheOptionsFrom, type ImageCacheOptions } from '../config.js';
 import { Configuration } from '../config/load.js';
 import { OPTIONS, type AuthStrategy } from '../config/schema.js';
 import { ConfigurationError } from '../errors.js';
+import type { NodeNotificationSettings } from '../notifications/notifications.js';
 
 export type { AuthStrategy } from '../config/schema.js';
 /** Moved to errors.ts with the other error classes; exported here still for the code that imports it from here. */
@@ -63,6 +66,8 @@ export interface ServerOptions {
   cacheAdminRole: string;
   /** [keystone_authtoken]: the node's own credentials and where Keystone is (auth_strategy = keystone). */
   keystone: KeystoneSettings | undefined;
+  /** Glance's notifications, when transport_url is set (notifications/). */
+  notifications: NodeNotificationSettings | undefined;
 }
 
 /** [keystone_authtoken], as glance-api.conf writes it. */
@@ -101,6 +106,7 @@ export const SERVE_DEFAULTS = {
   peerMaxStreams: OPTIONS.peerMaxStreams.default,
   cacheAdminRole: OPTIONS.cacheAdminRole.default,
   keystone: undefined as KeystoneSettings | undefined,
+  notifications: undefined as NodeNotificationSettings | undefined,
 };
 
 /**
@@ -145,7 +151,38 @@ function serverOptions(config: Configuration): ServerOptions {
     peerMaxStreams: config.get(OPTIONS.peerMaxStreams),
     cacheAdminRole: config.get(OPTIONS.cacheAdminRole),
     keystone: authStrategy === 'keystone' ? keystoneSettings(config) : undefined,
+    notifications: notificationSettings(config),
   };
+}
+
+/** transport_url set: where the node listens to Glance's notifications, declared as oslo.messaging declares Glance's side. */
+function notificationSettings(config: Configuration): NodeNotificationSettings | undefined {
+  const transportUrl = config.get(OPTIONS.transportUrl);
+  if (transportUrl === undefined) return undefined;
+  return {
+    transportUrl,
+    topics: config.get(OPTIONS.notificationTopics),
+    exchange: config.get(OPTIONS.controlExchange),
+    exchangeDurable: config.get(OPTIONS.amqpDurableQueues) || config.get(OPTIONS.rabbitQuorumQueue),
+    exchangeAutoDelete: config.get(OPTIONS.amqpAutoDelete),
+    queue: config.get(OPTIONS.notificationsQueue) ?? defaultQueueName(config),
+    queueExpirySeconds: config.get(OPTIONS.notificationsQueueExpiry),
+    queueMaxLength: config.get(OPTIONS.notificationsQueueMaxLength),
+    evictOnDeactivate: config.get(OPTIONS.evictOnDeactivate),
+    prefetchOnActivate: config.get(OPTIONS.prefetchOnActivate),
+    prefetchMaxSize: config.get(OPTIONS.prefetchMaxSize),
+  };
+}
+
+/**
+ * A node's own queue, the same across its restarts and different from every
+ * other node's: the host, and a hash of what names this node among the
+ * others (its URL in the cluster, else its cache directory).
+ */
+function defaultQueueName(config: Configuration): string {
+  const self = config.get(OPTIONS.workerSelfReferenceUrl) ?? path.resolve(config.get(OPTIONS.imageCacheDir));
+  const hash = createHash('sha256').update(self).digest('hex').slice(0, 12);
+  return `image-cache.${os.hostname()}.${hash}`;
 }
 
 /** peer_fill: on by default under centralized_db, where the database tells who holds what; refused elsewhere. */

@@ -14,6 +14,9 @@ export type CacheStatusLabel = 'hit' | 'miss' | 'bypass';
  * and the primary adds them up (prom-client's AggregatorRegistry): the
  * aggregator of each metric says how.
  */
+/** Why the node removed a cached image (prune's 'prune' comes from the cache's own eviction events). */
+export type EvictionReason = 'upstream_deleted' | 'stale' | 'image_deleted' | 'notification';
+
 export class NodeMetrics {
   readonly registry = new Registry();
   private readonly responses: Record<CacheStatusLabel, Counter>;
@@ -90,8 +93,28 @@ export class NodeMetrics {
   }
 
   /** The HTTP layer's removals; prune's ('prune') are counted from the cache's eviction events. */
-  evicted(reason: 'upstream_deleted' | 'stale' | 'image_deleted'): void {
+  evicted(reason: EvictionReason): void {
     this.evictions.inc({ reason });
+  }
+
+  /**
+   * The notifications listener's metrics, registered only where one runs:
+   * image_cache_notifications_connected (with workers, 1 only if every
+   * worker's listener is connected) and image_cache_notifications_total;
+   * returns the counter's increment.
+   */
+  watchNotifications(isConnected: () => boolean): (event: string, outcome: string) => void {
+    new Gauge({
+      name: 'image_cache_notifications_connected',
+      help: '1 while the node listens to Glance\'s notifications (connected to the broker, consuming its queue), else 0.',
+      registers: [this.registry],
+      aggregator: 'min',
+      collect() {
+        this.set(isConnected() ? 1 : 0);
+      },
+    });
+    const total = new Counter({ name: 'image_cache_notifications_total', help: 'Glance notifications received, by event and what came of them (removed, queued, nothing, ignored, malformed, failed).', labelNames: ['event', 'outcome'], registers: [this.registry] });
+    return (event, outcome) => total.inc({ event, outcome });
   }
 
   /** Another node could not give a fill its bytes. */

@@ -19,6 +19,8 @@ import { accessFor } from './authorize.js';
 import { outboundRequestIdHeaders } from './request-id.js';
 import { Keystone } from './keystone.js';
 import { warmUpForFills } from './warm-up.js';
+import { ImageRemoval } from './image-removal.js';
+import { Notifications } from '../notifications/notifications.js';
 
 /** A failed prefetch is tried again after this, then twice as long each time, up to the max. */
 const PREFETCH_FIRST_RETRY_MS = 1_000;
@@ -31,6 +33,8 @@ export interface RunningNode {
   readonly cache: ImageCache;
   readonly fills: Fills;
   readonly metrics: NodeMetrics;
+  /** Glance's notifications, when transport_url is set. */
+  readonly notifications: Notifications | undefined;
   /** Stops accepting, aborts fills in flight, waits for responses, closes the cache. */
   close(): Promise<void>;
 }
@@ -85,9 +89,10 @@ export async function startNode(
     const metadata = await source.metadata(imageId, token);
     return !metadata.ok && metadata.answer.status === 404;
   };
+  const removal = new ImageRemoval(cache, metrics, log);
   // Before the first request: a crash's leftovers go to invalid/, and the records agree with the files again.
   await recoverAtStart(maintenance, log);
-  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, access, provenGone, options: opts, log });
+  const server = createServer({ cache, fills, source, upstream, metrics, metricsText, prefetcher, maintenance, access, provenGone, removal, options: opts, log });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.bindPort, opts.bindHost, () => {
@@ -101,6 +106,10 @@ export async function startNode(
   maintenance.start({ pruneIntervalSeconds: opts.pruneInterval, cleanIntervalSeconds: opts.cleanInterval });
   // Images queued before this start (by an earlier run, or Glance's tools) are fetched now.
   await prefetcher.resume();
+  // Connects in the background: a broker that is down does not hold the node back.
+  const notifications = opts.notifications === undefined
+    ? undefined
+    : new Notifications(opts.notifications, { cache, source, prefetcher, removal, metrics, nodeToken, needsToken: opts.authStrategy !== 'noauth', log });
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   let closing: Promise<void> | undefined;
@@ -110,11 +119,14 @@ export async function startNode(
     cache,
     fills,
     metrics,
+    notifications,
     close() {
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
+        await notifications?.close();
         await prefetcher.close();
+        await removal.close();
         await fills.close();
         await cluster?.close();
         // Responses still streaming get a moment to finish, then their connections go.

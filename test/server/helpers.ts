@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { silentLogger } from '../../src/log.js';
+import { createLogger, silentLogger } from '../../src/log.js';
 import { SERVE_DEFAULTS, type ServeConfig, type ServerOptions } from '../../src/server/config.js';
 import { startNode, type RunningNode } from '../../src/server/node.js';
 import type { ImageCacheOptions } from '../../src/config.js';
@@ -25,15 +25,19 @@ export interface NodeUnderTest {
   dir: string;
 }
 
-/** A node on an ephemeral port with its own cache directory, closed (and the directory removed) after the test. */
-/** `engine.pruneAfterCommit` false: the node prunes only when asked (for tests that fill past the limit on purpose). */
+/**
+ * A node in this process on an ephemeral port with its own cache directory, closed (and the
+ * directory removed) after the test; quiet unless IMAGE_CACHE_TEST_NODE_LOG is set (then it logs at
+ * IMAGE_CACHE_LOG_LEVEL). `engine.pruneAfterCommit` false: the node prunes only when asked (for
+ * tests that fill past the limit on purpose).
+ */
 export async function startTestNode(t: TestContext, server: Partial<ServerOptions>, cache: Partial<ImageCacheOptions> = {}, engine: { pruneAfterCommit?: boolean } = {}): Promise<NodeUnderTest> {
   const dir = makeTempDir('image-cache-node-');
   const config: ServeConfig = {
     cache: { imageCacheDir: `${dir}/cache`, ...cache },
     server: { ...SERVE_DEFAULTS, filesystemStoreDatadir: `${dir}/images`, bindPort: 0, upstreamUrl: undefined, ...server },
   };
-  const node = await startNode(config, { log: silentLogger, ...engine });
+  const node = await startNode(config, { log: process.env.IMAGE_CACHE_TEST_NODE_LOG ? createLogger() : silentLogger, ...engine });
   t.after(async () => {
     await node.close();
     removeDir(dir);

@@ -28,6 +28,11 @@ export interface FaultProxy {
   setFault(fault: ProxyFault | undefined): void;
   /** Where connections go: the node's own port, known once it serves. */
   setTarget(port: number): void;
+  /** A network cut: every connection reset now, and new ones too, until restore(). */
+  cut(): void;
+  restore(): void;
+  /** Paces what the target sends, over all connections together; undefined: as fast as it comes. */
+  setRate(bytesPerSecond: number | undefined): void;
   /** Resolves when a connection's answer stream has met the fault (the reset sent, the stall begun, the byte flipped). */
   faulted(): Promise<void>;
   close(): Promise<void>;
@@ -38,6 +43,10 @@ export async function startFaultProxy(): Promise<FaultProxy> {
   let target: number | undefined;
   let fault: ProxyFault | undefined;
   let connections = 0;
+  let isCut = false;
+  let rate: number | undefined;
+  /** When the paced stream may send its next bytes. */
+  let nextSendAt = 0;
   let bytesForwarded = 0;
   let faultWaiters: (() => void)[] = [];
   const sockets = new Set<net.Socket>();
@@ -52,7 +61,7 @@ export async function startFaultProxy(): Promise<FaultProxy> {
     sockets.add(client);
     client.once('close', () => sockets.delete(client));
     client.on('error', () => {});
-    if (target === undefined) {
+    if (target === undefined || isCut) {
       client.resetAndDestroy();
       return;
     }
@@ -75,7 +84,16 @@ export async function startFaultProxy(): Promise<FaultProxy> {
       if (myFault === undefined || sent + chunk.length <= myFault.afterBytes) {
         sent += chunk.length;
         bytesForwarded += chunk.length;
-        if (!client.write(chunk)) upstream.pause();
+        const flowing = client.write(chunk);
+        if (rate !== undefined) {
+          // Hold the next read until this chunk's share of the rate has passed.
+          const now = Date.now();
+          nextSendAt = Math.max(nextSendAt, now) + (chunk.length / rate) * 1000;
+          upstream.pause();
+          setTimeout(() => {
+            if (!stalled && !client.writableNeedDrain) upstream.resume();
+          }, nextSendAt - now);
+        } else if (!flowing) upstream.pause();
         return;
       }
       const head = chunk.subarray(0, myFault.afterBytes - sent);
@@ -107,7 +125,7 @@ export async function startFaultProxy(): Promise<FaultProxy> {
       faultMet();
     });
     client.on('drain', () => {
-      if (!stalled) upstream.resume();
+      if (!stalled && Date.now() >= nextSendAt) upstream.resume();
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -126,6 +144,16 @@ export async function startFaultProxy(): Promise<FaultProxy> {
     },
     setFault(next) {
       fault = next;
+    },
+    cut() {
+      isCut = true;
+      for (const socket of sockets) socket.resetAndDestroy();
+    },
+    restore() {
+      isCut = false;
+    },
+    setRate(bytesPerSecond) {
+      rate = bytesPerSecond;
     },
     setTarget(port) {
       target = port;

@@ -36,6 +36,12 @@ export interface GlanceOptions {
    * credentials of Glance's own, and caching each validation for token_cache_time (its default 300 s).
    */
   keystone?: GlanceKeystone;
+  /**
+   * Glance's notifications (messagingv2) to this RabbitMQ, on this exchange
+   * ([DEFAULT] control_exchange; a test's own, so that runs side by side do
+   * not hear each other's events).
+   */
+  notifications?: { transportUrl: string; exchange: string };
 }
 
 /** [keystone_authtoken] of a Glance behind Keystone: where Keystone is and Glance's own user (domain Default). */
@@ -85,12 +91,13 @@ export async function startGlance(options: GlanceOptions = {}): Promise<GlancePe
  * resolves to its id once active. `token`: a Keystone token, for a Glance behind Keystone (the
  * image is then its project's).
  */
-export async function uploadImage(url: string, data: Buffer | string, name = 'image', token?: string): Promise<string> {
+export async function uploadImage(url: string, data: Buffer | string, name = 'image', token?: string, extra: Record<string, unknown> = {}): Promise<string> {
   const auth: Record<string, string> = token === undefined ? {} : { 'X-Auth-Token': token };
   const created = await glanceRequest(`${url}/v2/images`, 'POST', { ...auth, 'Content-Type': 'application/json' }, JSON.stringify({
     name,
     disk_format: 'raw',
     container_format: 'bare',
+    ...extra,
   }));
   if (created.status !== 201) throw new Error(`POST /v2/images: ${created.status} ${created.body}`);
   const { id } = JSON.parse(created.body) as { id: string };
@@ -131,7 +138,7 @@ function writeConfig(root: string, port: number, options: GlanceOptions): string
   fs.copyFileSync(PASTE_INI, paste);
   const policy = path.join(etc, 'policy.yaml');
   // No auth means no roles: the cache API's rules must let anyone through (with Keystone too, as the peers' start.sh has them).
-  fs.writeFileSync(policy, ['manage_image_cache', 'cache_image', 'cache_list', 'cache_delete'].map((rule) => `"${rule}": ""\n`).join(''));
+  fs.writeFileSync(policy, ['manage_image_cache', 'cache_image', 'cache_list', 'cache_delete', 'publicize_image'].map((rule) => `"${rule}": ""\n`).join(''));
   const conf = path.join(etc, 'glance-api.conf');
   fs.writeFileSync(conf, `[DEFAULT]
 bind_host = 127.0.0.1
@@ -143,7 +150,7 @@ image_cache_max_size = ${options.cacheMaxSize ?? DEFAULT_CACHE_MAX_SIZE}
 log_file = ${path.join(root, 'log', 'api.log')}
 debug = false
 enabled_import_methods = []
-[database]
+${options.notifications === undefined ? '' : `control_exchange = ${options.notifications.exchange}\n`}[database]
 connection = sqlite:///${path.join(root, 'glance.sqlite')}
 [paste_deploy]
 flavor = ${pasteFlavor(options)}
@@ -156,7 +163,10 @@ filesystem_store_datadir = ${path.join(root, 'images')}
 enforce_scope = false
 enforce_new_defaults = false
 policy_file = ${policy}
-${options.keystone === undefined ? '' : authtokenSection(options.keystone)}`);
+${options.keystone === undefined ? '' : authtokenSection(options.keystone)}${options.notifications === undefined ? '' : `[oslo_messaging_notifications]
+driver = messagingv2
+transport_url = ${options.notifications.transportUrl}
+`}`);
   return conf;
 }
 

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ImageCache } from '../../cache/image-cache.js';
 import type { Logger } from '../../log.js';
 import { definedHeaders, type Upstream, type UpstreamResponse } from '../../sources/upstream.js';
-import type { NodeMetrics } from '../metrics.js';
+import type { ImageRemoval } from '../image-removal.js';
 import { endToEndHeaders, relay } from '../respond.js';
 
 /**
@@ -22,17 +22,12 @@ export function forwardRoute(upstream: Upstream) {
  * DELETE /v2/images/{id}: forwarded; once the upstream has deleted the image,
  * its cached copy and queue entry go too, before the client hears it is done.
  */
-export function deleteImageRoute(upstream: Upstream, cache: ImageCache, metrics: NodeMetrics, log: Logger) {
+export function deleteImageRoute(upstream: Upstream, cache: ImageCache, removal: ImageRemoval, log: Logger) {
   return async function deleteImage(req: IncomingMessage, res: ServerResponse, imageId: string): Promise<void> {
     const response = await sendUpstream(upstream, req);
     if (response.statusCode >= 200 && response.statusCode < 300 && cache.isValidImageId(imageId)) {
-      const wasCached = await cache.isCached(imageId);
-      await cache.deleteCachedImage(imageId);
-      await cache.deleteQueuedImage(imageId);
-      if (wasCached) {
-        metrics.evicted('image_deleted');
-        log.info({ imageId }, 'image deleted upstream; dropped its cached copy');
-      }
+      const removed = await removal.remove(imageId, 'image_deleted');
+      if (removed.cached) log.info({ imageId }, 'image deleted upstream; dropped its cached copy');
     }
     await relayUpstream(res, response);
   };

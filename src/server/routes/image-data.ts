@@ -9,6 +9,7 @@ import type { Logger } from '../../log.js';
 import type { ImageMetadata, ImageSource } from '../../sources/source.js';
 import { parseRange, type ResolvedRange } from '../http-range.js';
 import type { NodeMetrics } from '../metrics.js';
+import type { ImageRemoval } from '../image-removal.js';
 import { relay, sendAnswer, sendError, tokenOf, type RequestNotes } from '../respond.js';
 import { sendFile } from '../send-file.js';
 
@@ -19,6 +20,7 @@ export interface ImageDataDeps {
   metrics: NodeMetrics;
   /** Whether the source proves the image gone, beyond what one caller may see. */
   provenGone(imageId: string): Promise<boolean>;
+  removal: ImageRemoval;
   /** x_accel_redirect: hand hits to the nginx in front (see ServerOptions). */
   xAccelRedirect: string | undefined;
   /** Streams this process serves to other nodes at once (its share of peer_max_streams); past it they are turned away. */
@@ -278,7 +280,6 @@ function dataHeaders(image: ImageMetadata, start: number, end: number, size: num
 async function dropIfProvenGone(deps: ImageDataDeps, imageId: string): Promise<void> {
   if (!deps.cache.isValidImageId(imageId) || !(await deps.cache.isCached(imageId))) return;
   if (!(await deps.provenGone(imageId))) return;
-  await deps.cache.deleteCachedImage(imageId);
-  deps.metrics.evicted('upstream_deleted');
+  await deps.removal.remove(imageId, 'upstream_deleted');
   deps.log.info({ imageId }, 'the source no longer has the image; dropped its cached copy');
 }
